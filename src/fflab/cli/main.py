@@ -1,0 +1,45 @@
+"""Entry point of the ``fflab`` command. Each subcommand lives in its own module that defines
+``add_parser(subparsers)`` (which registers the parser and sets ``func``) and a ``run(args)``."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ..errors import FFLabError
+
+# Imported lazily so `fflab env` does not pay for what `fflab train` needs.
+SUBCOMMANDS = ["train", "eval", "recipes", "data", "plot", "bench", "env"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fflab", description="Forward-Forward (Hinton 2022): train, evaluate, plot, benchmark.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in SUBCOMMANDS:
+        try:
+            module = importlib.import_module(f"fflab.cli.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"fflab.cli.{name}":
+                continue  # subcommand not built yet
+            raise
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        rc = args.func(args)
+    except FFLabError as e:
+        print(f"fflab {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; the last checkpoint in the run folder is intact (resume with --resume)",
+              file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

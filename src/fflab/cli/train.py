@@ -1,0 +1,56 @@
+"""``fflab train RECIPE [--out DIR] [--seed N] [key=value ...]`` and ``--resume RUN_DIR``."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from pathlib import Path
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("train", help="train a recipe (see `fflab recipes`)",
+                       description="Train a recipe into a run folder. Overrides are key=value "
+                                   "(type-checked; an unknown key is an error).")
+    p.add_argument("recipe", nargs="?", help="recipe name (omit with --resume)")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.add_argument("--out", help="run folder (default runs/RECIPE-sSEED-TIME)")
+    p.add_argument("--seed", type=int, help="random seed (same seed, same machine: same numbers)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--quick", action="store_true", help="tiny smoke-test version of the recipe")
+    p.add_argument("--data-dir", help="folder holding the dataset files (else $FFLAB_DATA_DIR, cache, download)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (one line per epoch only)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import runs
+    from ..config import apply_overrides, dumps
+    from ..errors import ConfigError
+    from ..recipes import get_recipe
+    from ..train import fit
+
+    if args.resume:
+        if args.overrides or args.seed is not None or args.quick:
+            raise ConfigError("--resume continues a run exactly as configured; drop overrides, --seed and --quick")
+        cfg, recipe_name = runs.read_config(args.resume)
+        out = args.resume
+        if args.recipe and recipe_name and args.recipe != recipe_name:
+            raise ConfigError(f"{args.resume} was trained with recipe {recipe_name!r}, not {args.recipe!r}")
+    else:
+        if not args.recipe:
+            raise ConfigError("give a recipe name (see `fflab recipes`) or --resume RUN_DIR")
+        recipe_name = args.recipe
+        cfg = get_recipe(recipe_name).config(quick=args.quick)
+        cfg = apply_overrides(cfg, args.overrides)
+        if args.seed is not None:
+            cfg = dataclasses.replace(cfg, seed=args.seed)
+        out = args.out or f"runs/{recipe_name}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if (Path(out) / "results.json").exists():
+            raise ConfigError(f"{out} already holds a finished run; choose another --out")
+    print(f"recipe {recipe_name} -> {out}")
+    print(dumps(cfg))
+    results = fit(cfg, out, recipe=recipe_name, resume=bool(args.resume), data_dir=args.data_dir,
+                  progress=not args.no_progress)
+    print("results:", " | ".join(f"{k} {100 * v:.2f}%" for k, v in results.items() if "error" in k and "test" in k))
+    print(f"wall time {results['wall_time_s']:.0f}s; run folder {out}")
+    return 0

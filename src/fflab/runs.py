@@ -1,0 +1,184 @@
+"""Run folders: config, environment, per-epoch metrics, results and atomic checkpoints.
+
+A run folder holds
+  config.json        the full config (kind + every key), enough to rebuild the model
+  env.json           versions, hardware, git commit
+  metrics.jsonl      one JSON line per epoch
+  results.json       final metrics (written when the run ends)
+  model.safetensors  model weights (and buffers), written atomically after every epoch
+  state.pt           optimizer state and the epoch reached; loaded with weights_only=True
+Checkpoints are written to a temporary file and renamed, so an interrupted run never leaves a
+half-written checkpoint; loading never executes code.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from . import config as config_mod
+from .errors import CheckpointError
+
+MODEL_FILE = "model.safetensors"
+STATE_FILE = "state.pt"
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    def w(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True, default=str)
+            f.write("\n")
+    _atomic_write(Path(path), w)
+
+
+def git_commit() -> str | None:
+    try:
+        here = Path(__file__).resolve().parent
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        if out.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment() -> dict[str, Any]:
+    """Versions and hardware, as printed by ``fflab env`` and stored in every run folder."""
+    import numpy
+
+    from . import __version__
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    env = {
+        "fflab": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+        "git_commit": git_commit(),
+    }
+    if torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name(0)
+        env["cuda_version"] = torch.version.cuda
+    return env
+
+
+class Run:
+    """A run folder being written (or resumed)."""
+
+    def __init__(self, path: str | Path, cfg: Any, *, recipe: str | None = None, resume: bool = False) -> None:
+        self.path = Path(path)
+        self.cfg = cfg
+        self.recipe = recipe
+        self.path.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            write_json(self.path / "config.json", {"recipe": recipe, **config_mod.to_dict(cfg)})
+        env = environment()
+        write_json(self.path / ("env.json" if not resume else "env.resume.json"), env)
+
+    # --- metrics -----------------------------------------------------------------
+    def log(self, record: dict[str, Any]) -> None:
+        with open(self.path / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def truncate_metrics(self, last_epoch: int) -> None:
+        """On resume, drop metric lines written after the checkpoint we resume from."""
+        p = self.path / "metrics.jsonl"
+        if not p.exists():
+            return
+        keep = [ln for ln in read_metrics(self.path) if ln.get("epoch", 0) <= last_epoch]
+        _atomic_write(p, lambda tmp: Path(tmp).write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in keep)))
+
+    def write_results(self, results: dict[str, Any]) -> None:
+        write_json(self.path / "results.json", results)
+
+    # --- checkpoints ---------------------------------------------------------------
+    def save_checkpoint(self, modules: dict[str, torch.nn.Module], state: dict[str, Any]) -> None:
+        save_model(self.path / MODEL_FILE, modules)
+        _atomic_write(self.path / STATE_FILE, lambda tmp: torch.save(state, tmp))
+
+
+def save_model(path: Path, modules: dict[str, torch.nn.Module]) -> None:
+    """Flatten several modules' state dicts as ``name.key`` into one safetensors file, atomically."""
+    tensors = {f"{name}.{k}": v.detach().cpu().contiguous() for name, m in modules.items()
+               for k, v in m.state_dict().items()}
+    _atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata={"format": "fflab"}))
+
+
+def load_model(path: Path, modules: dict[str, torch.nn.Module]) -> None:
+    """Load a file written by ``save_model`` into the given modules (strict: every key must match)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        tensors = load_file(str(path))
+    except Exception as e:  # safetensors raises several types for a damaged file
+        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from None
+    for name, m in modules.items():
+        prefix = name + "."
+        sd = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        try:
+            m.load_state_dict(sd, strict=True)
+        except RuntimeError as e:
+            raise CheckpointError(f"checkpoint {path} does not match the model ({name}): {e}") from None
+
+
+def load_state(run_dir: Path) -> dict[str, Any]:
+    p = Path(run_dir) / STATE_FILE
+    if not p.exists():
+        raise CheckpointError(f"{run_dir} has no {STATE_FILE}: nothing to resume from")
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"cannot read {p}: {e}") from None
+
+
+def read_config(run_dir: str | Path) -> tuple[Any, str | None]:
+    p = Path(run_dir) / "config.json"
+    if not p.exists():
+        raise CheckpointError(f"{run_dir} is not a run folder (no config.json)")
+    d = json.loads(p.read_text())
+    recipe = d.pop("recipe", None)
+    return config_mod.from_dict(d), recipe
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    p = Path(run_dir) / "metrics.jsonl"
+    if not p.exists():
+        return []
+    return [json.loads(ln) for ln in p.read_text().splitlines() if ln.strip()]

@@ -1,0 +1,363 @@
+"""Training and evaluation loops (no argparse, no plotting).
+
+One shared epoch loop (``fit``) drives every kind of run; each kind plugs in a ``Task``: its
+modules, optimizers, a minibatch ``step`` and an ``evaluate`` function. Supervised FF (paper
+section 3.3) and the backprop baselines (section 3.1) are defined here; later kinds register
+their own task builders in ``TASKS``.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import runs
+from .config import BPConfig, CommonConfig, SupervisedFFConfig
+from .errors import ConfigError, TrainingDiverged
+from .negatives import hard_wrong_labels, overlay_label, uniform_wrong_labels
+from .nets import CNN, FFNet, SoftmaxHead, mlp
+
+
+# ----------------------------------------------------------------------------- helpers
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name!r} but CUDA is not available (use device=cpu or auto)")
+    return dev
+
+
+def autocast(device: torch.device, dtype: str):
+    """bf16 autocast for the forward products; master weights and optimizer stay fp32."""
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    if dtype == "bfloat16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    raise ConfigError(f"dtype={dtype!r}: choose float32 or bfloat16")
+
+
+def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
+    """A fresh generator per epoch, derived from (seed, epoch): resuming at any epoch boundary
+    replays exactly the randomness an uninterrupted run would have used."""
+    g = torch.Generator(device=device)
+    g.manual_seed(seed * 1_000_003 + epoch)
+    return g
+
+
+def lr_factor(schedule: str, epoch: int, epochs: int) -> float:
+    """Learning-rate multiplier for 0-based ``epoch``.
+
+    linear_half: the official code's schedule, constant for the first half, then decayed
+    linearly to ~0 (last epoch 2/epochs) over the second half.
+    """
+    if schedule == "constant":
+        return 1.0
+    if schedule == "linear_half":
+        return min(1.0, 2.0 * (epochs - epoch) / epochs)
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * epoch / epochs))
+    raise ConfigError(f"lr_schedule={schedule!r}: choose linear_half, cosine or constant")
+
+
+def make_optimizer(params, *, name: str, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
+    params = list(params)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        # dampening=momentum makes the buffer an exponential moving average of the gradient,
+        # which is the official code's "smoothing 0.9" (grad_avg = 0.9 grad_avg + 0.1 grad).
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, dampening=momentum, weight_decay=weight_decay)
+    raise ConfigError(f"optimizer={name!r}: choose adam or sgd")
+
+
+def load_data(cfg: CommonConfig, device: torch.device, data_dir: str | None = None) -> dict[str, torch.Tensor]:
+    """Whole dataset as tensors on ``device`` (MNIST is 190 MB as float32: batches are index draws)."""
+    from .data import load_mnist
+    if cfg.dataset not in ("mnist", "fashion_mnist"):
+        raise ConfigError(f"dataset={cfg.dataset!r}: this run kind supports mnist and fashion_mnist")
+    d = load_mnist(cfg.dataset, data_dir=data_dir)
+    if cfg.train_subset:
+        d["x_train"], d["y_train"] = d["x_train"][: cfg.train_subset], d["y_train"][: cfg.train_subset]
+    if cfg.test_subset:
+        d["x_test"], d["y_test"] = d["x_test"][: cfg.test_subset], d["y_test"][: cfg.test_subset]
+    return {k: v.to(device) for k, v in d.items()}
+
+
+def jitter(x: torch.Tensor, max_shift: int, *, generator: torch.Generator) -> torch.Tensor:
+    from .data.augment import jitter as _jitter  # lazy: only jittered runs need it
+    return _jitter(x, max_shift, generator=generator)
+
+
+# ----------------------------------------------------------------------------- task protocol
+@dataclass
+class Task:
+    """What a run kind plugs into ``fit``."""
+    modules: dict[str, nn.Module]
+    optimizers: dict[str, torch.optim.Optimizer]
+    base_lrs: dict[str, float]
+    step: Callable[[torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
+    evaluate: Callable[[torch.Tensor, torch.Tensor], dict[str, float]]
+    # Optional end-of-run extras (e.g. goodness histograms) written into the run folder.
+    finalize: Callable[[runs.Run, dict[str, torch.Tensor]], None] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def train(self, mode: bool = True) -> None:
+        for m in self.modules.values():
+            m.train(mode)
+
+
+TASKS: dict[str, Callable[[Any, torch.device], Task]] = {}
+
+
+def register_task(config_cls: type):
+    def deco(fn):
+        TASKS[config_cls.__name__] = fn
+        return fn
+    return deco
+
+
+def build_task(cfg: Any, device: torch.device) -> Task:
+    try:
+        builder = TASKS[type(cfg).__name__]
+    except KeyError:
+        raise ConfigError(f"no trainer for config kind {type(cfg).__name__}") from None
+    torch.manual_seed(cfg.seed)  # model initialization
+    return builder(cfg, device)
+
+
+# ----------------------------------------------------------------------------- the loop
+def fit(cfg: Any, out: str, *, recipe: str | None = None, resume: bool = False,
+        data_dir: str | None = None, progress: bool = True, log: Callable[[str], None] = print,
+        stop_after_epoch: int | None = None) -> dict[str, Any]:
+    """Train ``cfg`` into run folder ``out`` (or continue it with ``resume=True``); return results.
+
+    ``stop_after_epoch`` ends the process-equivalent early (used by tests to simulate an
+    interruption right after a checkpoint).
+    """
+    from tqdm.auto import tqdm
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    data = load_data(cfg, device, data_dir)
+    task = build_task(cfg, device)
+    run = runs.Run(out, cfg, recipe=recipe, resume=resume)
+    start_epoch, wall = 0, 0.0
+    if resume:
+        state = runs.load_state(out)
+        runs.load_model(run.path / runs.MODEL_FILE, task.modules)
+        for k, opt in task.optimizers.items():
+            opt.load_state_dict(state["optimizers"][k])
+        start_epoch, wall = int(state["epoch"]), float(state["wall_time_s"])
+        run.truncate_metrics(start_epoch)
+        log(f"resuming {out} after epoch {start_epoch}")
+
+    x_train, y_train = data["x_train"], data["y_train"]
+    n = x_train.shape[0]
+    steps = math.ceil(n / cfg.batch_size)
+    g_eval = torch.Generator(device=device).manual_seed(cfg.seed + 7)
+    train_eval_idx = torch.randperm(n, generator=g_eval, device=device)[: cfg.train_eval_size]
+    metrics: dict[str, Any] = {}
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        for k, opt in task.optimizers.items():
+            for group in opt.param_groups:
+                group["lr"] = task.base_lrs[k] * lr_factor(cfg.lr_schedule, epoch, cfg.epochs)
+        task.train(True)
+        g = epoch_generator(cfg.seed, epoch, device)
+        perm = torch.randperm(n, generator=g, device=device)
+        loss_sum = torch.zeros((), device=device)
+        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                   disable=not progress, mininterval=0.5)
+        for i in bar:
+            idx = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+            loss = task.step(x_train[idx], y_train[idx], g)
+            loss_sum += loss
+            if progress and i % 100 == 99:  # .item() syncs: only when we show it
+                bar.set_postfix(loss=f"{loss_sum.item() / (i + 1):.4f}")
+        bar.close()
+        train_loss = loss_sum.item() / steps
+        if not math.isfinite(train_loss):
+            raise TrainingDiverged(f"loss became {train_loss} in epoch {epoch + 1}; lower lr "
+                                   f"(now {cfg.lr if hasattr(cfg, 'lr') else '?'}) or check the data")
+        wall += time.perf_counter() - t0
+        metrics = {"epoch": epoch + 1, "train_loss": train_loss, "epoch_time_s": time.perf_counter() - t0,
+                   "wall_time_s": wall, "lr": task.optimizers[next(iter(task.optimizers))].param_groups[0]["lr"]}
+        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+            task.train(False)
+            metrics.update({f"test_{k}": v for k, v in task.evaluate(data["x_test"], data["y_test"]).items()})
+            metrics.update({f"train_{k}": v for k, v in task.evaluate(
+                x_train[train_eval_idx], y_train[train_eval_idx]).items()})
+        run.log(metrics)
+        log(format_metrics(metrics))
+        run.save_checkpoint(task.modules, {
+            "epoch": epoch + 1, "wall_time_s": wall,
+            "optimizers": {k: o.state_dict() for k, o in task.optimizers.items()}})
+        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < cfg.epochs:
+            return {"interrupted_after_epoch": epoch + 1}
+
+    task.train(False)
+    results = {k: v for k, v in metrics.items() if k.startswith(("test_", "train_"))}
+    results.update({"epochs": cfg.epochs, "wall_time_s": wall, "recipe": recipe,
+                    "train_images": n, "device": str(device)})
+    if task.finalize is not None:
+        task.finalize(run, data)
+    run.write_results(results)
+    return results
+
+
+def format_metrics(m: dict[str, Any]) -> str:
+    """One fixed-format line per epoch."""
+    parts = [f"epoch {m['epoch']:3d}", f"loss {m['train_loss']:.4f}", f"{m['epoch_time_s']:.1f}s"]
+    parts += [f"{k} {100 * v:.2f}%" for k, v in m.items() if "error" in k]
+    return " | ".join(parts)
+
+
+def evaluate_run(run_dir: str, *, data_dir: str | None = None, split: str = "test") -> dict[str, float]:
+    """Rebuild a run's model from its folder (no code executed on load) and evaluate it."""
+    cfg, _ = runs.read_config(run_dir)
+    device = resolve_device(cfg.device)
+    task = build_task(cfg, device)
+    runs.load_model(runs.Path(run_dir) / runs.MODEL_FILE, task.modules)
+    task.train(False)
+    data = load_data(cfg, device, data_dir)
+    return task.evaluate(data[f"x_{split}"], data[f"y_{split}"])
+
+
+# ----------------------------------------------------------------------------- supervised FF
+@torch.no_grad()
+def ff_predict(net: FFNet, head: SoftmaxHead | None, x: torch.Tensor, *, layers: list[int],
+               per_label: bool, num_classes: int = 10, chunk: int = 1000,
+               dtype: str = "float32") -> dict[str, torch.Tensor]:
+    """Predictions by (a) per-label goodness and (b) one pass with the neutral label (section 3.3).
+
+    (a) runs the net once per label and picks the label with the highest goodness summed over
+    ``layers``; (b) feeds the neutral label and reads the softmax head.
+    """
+    out: dict[str, list[torch.Tensor]] = {"goodness": [], "onepass": []}
+    dev = x.device
+    for s in range(0, x.shape[0], chunk):
+        xb = x[s:s + chunk]
+        b = xb.shape[0]
+        with autocast(dev, dtype):
+            if head is not None:
+                hs = net(overlay_label(xb, None, num_classes))
+                out["onepass"].append(head(net.features(hs, layers)).argmax(1))
+            if per_label:
+                labels = torch.arange(num_classes, device=dev).repeat_interleave(b)  # (C*b,)
+                hs = net(overlay_label(xb.repeat(num_classes, 1), labels, num_classes))
+                g = net.goodness(hs, layers).view(num_classes, b)
+                out["goodness"].append(g.argmax(0))
+    return {k: torch.cat(v) for k, v in out.items() if v}
+
+
+@register_task(SupervisedFFConfig)
+def supervised_ff_task(cfg: SupervisedFFConfig, device: torch.device) -> Task:
+    num_classes, in_features = 10, 784
+    if cfg.negatives not in ("hard", "uniform"):
+        raise ConfigError(f"negatives={cfg.negatives!r}: choose hard or uniform")
+    if not 0 <= cfg.eval_from_layer < len(cfg.hidden):
+        raise ConfigError(f"eval_from_layer={cfg.eval_from_layer} must be < number of hidden layers {len(cfg.hidden)}")
+    net = FFNet.dense(in_features, cfg.hidden, goodness=cfg.goodness, threshold=cfg.threshold,
+                      peer_norm=cfg.peer_norm, block_size=cfg.block_size).to(device)
+    layers = list(range(cfg.eval_from_layer, len(cfg.hidden)))
+    head = SoftmaxHead(sum(cfg.hidden[i] for i in layers), num_classes).to(device)
+    opt = make_optimizer(net.parameters(), name=cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum,
+                         weight_decay=cfg.weight_decay)
+    head_opt = make_optimizer(head.parameters(), name=cfg.optimizer, lr=cfg.head_lr, momentum=cfg.momentum,
+                              weight_decay=cfg.head_weight_decay)
+    def step(x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        if cfg.jitter:
+            x = jitter(x, cfg.jitter, generator=g)
+        b = x.shape[0]
+        # Neutral pass: trains the one-pass softmax head and supplies hard-negative probabilities.
+        with torch.no_grad(), autocast(device, cfg.dtype):
+            feats = net.features(net(overlay_label(x, None, num_classes)), layers)
+        logits = head(feats)
+        head_loss = F.cross_entropy(logits, y)
+        if cfg.negatives == "hard":
+            y_neg = hard_wrong_labels(logits.detach().softmax(1), y, generator=g)
+        else:
+            y_neg = uniform_wrong_labels(y, num_classes, generator=g)
+        # Positive and negative passes as one batched product per layer.
+        x_pn = torch.cat([overlay_label(x, y, num_classes), overlay_label(x, y_neg, num_classes)])
+        with autocast(device, cfg.dtype):
+            hs = net(x_pn)
+        losses = net.local_losses([h[:b] for h in hs], [h[b:] for h in hs])
+        loss = torch.stack(losses).sum()
+        opt.zero_grad(set_to_none=True)
+        head_opt.zero_grad(set_to_none=True)
+        (loss + head_loss).backward()
+        opt.step()
+        head_opt.step()
+        return loss.detach()
+
+    def evaluate(x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        preds = ff_predict(net, head, x, layers=layers, per_label=cfg.per_label_eval, dtype=cfg.dtype)
+        return {f"error_{k}": (p != y).float().mean().item() for k, p in preds.items()}
+
+    def finalize(run: runs.Run, data: dict[str, torch.Tensor]) -> None:
+        save_goodness_samples(run, net, data["x_test"][:2000], data["y_test"][:2000], num_classes)
+
+    return Task(modules={"net": net, "head": head}, optimizers={"net": opt, "head": head_opt},
+                base_lrs={"net": cfg.lr, "head": cfg.head_lr}, step=step, evaluate=evaluate,
+                finalize=finalize)
+
+
+@torch.no_grad()
+def save_goodness_samples(run: runs.Run, net: FFNet, x: torch.Tensor, y: torch.Tensor, num_classes: int) -> None:
+    """Per-layer goodness of positive (true label) and uniform-wrong-label negative test images,
+    for ``fflab plot`` (goodness.safetensors: pos.{layer}, neg.{layer})."""
+    from safetensors.torch import save_file
+    g = torch.Generator(device=x.device).manual_seed(0)
+    hs_pos = net(overlay_label(x, y, num_classes))
+    hs_neg = net(overlay_label(x, uniform_wrong_labels(y, num_classes, generator=g), num_classes))
+    tensors = {}
+    for i, layer in enumerate(net.layers):
+        tensors[f"pos.{i}"] = layer.goodness(hs_pos[i]).cpu().contiguous()
+        tensors[f"neg.{i}"] = layer.goodness(hs_neg[i]).cpu().contiguous()
+        tensors[f"threshold.{i}"] = torch.tensor([layer.threshold])
+    runs._atomic_write(run.path / "goodness.safetensors", lambda tmp: save_file(tensors, tmp))
+
+
+# ----------------------------------------------------------------------------- backprop
+@register_task(BPConfig)
+def bp_task(cfg: BPConfig, device: torch.device) -> Task:
+    if cfg.model == "mlp":
+        model: nn.Module = mlp(784, cfg.hidden)
+        if cfg.dropout:
+            raise ConfigError("dropout is only used by model=cnn")
+    elif cfg.model == "cnn":
+        model = CNN(dropout=cfg.dropout)
+    else:
+        raise ConfigError(f"model={cfg.model!r}: choose mlp or cnn")
+    model = model.to(device)
+    opt = make_optimizer(model.parameters(), name=cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum,
+                         weight_decay=cfg.weight_decay)
+    def step(x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        if cfg.jitter:
+            x = jitter(x, cfg.jitter, generator=g)
+        with autocast(device, cfg.dtype):
+            loss = F.cross_entropy(model(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    @torch.no_grad()
+    def evaluate(x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        wrong = 0
+        for s in range(0, x.shape[0], 1000):
+            with autocast(device, cfg.dtype):
+                wrong += (model(x[s:s + 1000]).argmax(1) != y[s:s + 1000]).sum()
+        return {"error": (wrong / x.shape[0]).item()}
+
+    return Task(modules={"model": model}, optimizers={"model": opt}, base_lrs={"model": cfg.lr},
+                step=step, evaluate=evaluate)

@@ -1,0 +1,95 @@
+import json
+
+import pytest
+import torch
+
+from fflab import runs
+from fflab.config import BPConfig, SupervisedFFConfig, apply_overrides
+from fflab.errors import CheckpointError, ConfigError
+from fflab.train import evaluate_run, fit
+
+SMALL = dict(hidden=(32, 32), eval_from_layer=0, epochs=3, batch_size=50, train_eval_size=100, threads=1, eval_every=1)
+
+
+def small_cfg(**kw):
+    return apply_overrides(SupervisedFFConfig(), {**SMALL, **kw})
+
+
+def test_run_folder_contents(tmp_path, tiny_mnist):
+    res = fit(small_cfg(), str(tmp_path / "r"), recipe="t", progress=False, log=lambda s: None)
+    d = tmp_path / "r"
+    for name in ("config.json", "env.json", "metrics.jsonl", "results.json", "model.safetensors", "state.pt"):
+        assert (d / name).exists(), name
+    assert json.loads((d / "config.json").read_text())["kind"] == "SupervisedFFConfig"
+    lines = runs.read_metrics(d)
+    assert [m["epoch"] for m in lines] == [1, 2, 3]
+    assert {"test_error_goodness", "test_error_onepass", "train_error_goodness", "train_error_onepass",
+            "wall_time_s"} <= set(res)
+    assert "torch" in json.loads((d / "env.json").read_text())
+    # the synthetic task is easy: FF must learn it
+    assert res["test_error_goodness"] < 0.6 and res["test_error_onepass"] < 0.2
+
+
+def test_same_seed_same_numbers(tmp_path, tiny_mnist):
+    a = fit(small_cfg(epochs=2), str(tmp_path / "a"), progress=False, log=lambda s: None)
+    b = fit(small_cfg(epochs=2), str(tmp_path / "b"), progress=False, log=lambda s: None)
+    c = fit(small_cfg(epochs=2, seed=1), str(tmp_path / "c"), progress=False, log=lambda s: None)
+    la, lb, lc = (runs.read_metrics(tmp_path / n)[-1]["train_loss"] for n in "abc")
+    assert la == lb and la != lc
+    assert a["test_error_goodness"] == b["test_error_goodness"]
+
+
+def test_resume_equals_uninterrupted(tmp_path, tiny_mnist):
+    full = fit(small_cfg(), str(tmp_path / "full"), progress=False, log=lambda s: None)
+    part = fit(small_cfg(), str(tmp_path / "part"), progress=False, log=lambda s: None, stop_after_epoch=1)
+    assert part == {"interrupted_after_epoch": 1}
+    assert not (tmp_path / "part" / "results.json").exists()
+    resumed = fit(small_cfg(), str(tmp_path / "part"), resume=True, progress=False, log=lambda s: None)
+    for k in ("test_error_goodness", "test_error_onepass", "train_error_goodness"):
+        assert resumed[k] == full[k]
+    a = runs.read_metrics(tmp_path / "full")
+    b = runs.read_metrics(tmp_path / "part")
+    assert [m["train_loss"] for m in a] == [m["train_loss"] for m in b]
+
+
+def test_save_load_round_trip_identical_predictions(tmp_path, tiny_mnist):
+    res = fit(small_cfg(epochs=1), str(tmp_path / "r"), progress=False, log=lambda s: None)
+    again = evaluate_run(str(tmp_path / "r"))
+    assert again["error_goodness"] == res["test_error_goodness"]
+    assert again["error_onepass"] == res["test_error_onepass"]
+
+
+def test_checkpoint_loads_without_code_and_rejects_damage(tmp_path, tiny_mnist):
+    fit(small_cfg(epochs=1), str(tmp_path / "r"), progress=False, log=lambda s: None)
+    state = torch.load(tmp_path / "r" / "state.pt", weights_only=True)  # no pickled code needed
+    assert state["epoch"] == 1
+    (tmp_path / "r" / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        evaluate_run(str(tmp_path / "r"))
+    with pytest.raises(CheckpointError, match="not a run folder"):
+        evaluate_run(str(tmp_path / "nothing"))
+
+
+def test_bp_baseline_same_harness(tmp_path, tiny_mnist):
+    cfg = apply_overrides(BPConfig(), dict(hidden=(32,), epochs=2, batch_size=50, train_eval_size=100, threads=1))
+    res = fit(cfg, str(tmp_path / "bp"), progress=False, log=lambda s: None)
+    assert res["test_error"] < 0.2
+    assert (tmp_path / "bp" / "model.safetensors").exists()
+
+
+def test_overrides_type_checked():
+    cfg = apply_overrides(SupervisedFFConfig(), ["hidden=10,20", "lr=0.5", "per_label_eval=false", "threshold=none"])
+    assert cfg.hidden == (10, 20) and cfg.lr == 0.5 and cfg.per_label_eval is False and cfg.threshold is None
+    assert apply_overrides(cfg, ["hidden=2000x4"]).hidden == (2000,) * 4
+    with pytest.raises(ConfigError, match="unknown config key 'lr_rate'.*valid keys:.*lr"):
+        apply_overrides(cfg, ["lr_rate=1"])
+    with pytest.raises(ConfigError, match="epochs='ten': expected int"):
+        apply_overrides(cfg, ["epochs=ten"])
+    with pytest.raises(ConfigError, match="not of the form key=value"):
+        apply_overrides(cfg, ["epochs"])
+
+
+def test_nan_loss_is_a_clear_error(tmp_path, tiny_mnist):
+    from fflab.errors import TrainingDiverged
+    with pytest.raises(TrainingDiverged, match="loss became (nan|inf)"):
+        fit(small_cfg(epochs=1, optimizer="sgd", lr=1e30), str(tmp_path / "n"), progress=False, log=lambda s: None)
