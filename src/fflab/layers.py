@@ -21,7 +21,8 @@ def normalize(h: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     The official code divides by the root mean square, so a normalized vector has mean square 1
     whatever its width; the next layer's fan-in scaling then needs no width correction.
     """
-    h = h.float()  # in bf16 runs the norm of 2000 squares needs fp32 accumulation
+    if h.dtype in (torch.bfloat16, torch.float16):
+        h = h.float()  # in bf16 runs the norm of 2000 squares needs fp32 accumulation
     return h / (eps + h.square().mean(-1, keepdim=True).sqrt())
 
 
@@ -53,7 +54,9 @@ class FFLayer(nn.Module):
 
     def goodness(self, h: torch.Tensor) -> torch.Tensor:
         """(B, D) -> (B,)."""
-        return get_goodness(self.goodness_name)(h.float())
+        if h.dtype in (torch.bfloat16, torch.float16):
+            h = h.float()  # sums of 2000 squares need fp32 accumulation
+        return get_goodness(self.goodness_name)(h)
 
     def block_goodness(self, h: torch.Tensor) -> torch.Tensor:
         """(B, D) -> (B, D // block_size) goodness of each block, or (B,) without blocks."""

@@ -69,7 +69,8 @@ def lr_factor(schedule: str, epoch: int, epochs: int) -> float:
 def make_optimizer(params, *, name: str, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
     params = list(params)
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+        # fused: one kernel for the whole update instead of ~10 elementwise passes per tensor
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
     if name == "sgd":
         # dampening=momentum makes the buffer an exponential moving average of the gradient,
         # which is the official code's "smoothing 0.9" (grad_avg = 0.9 grad_avg + 0.1 grad).
@@ -77,22 +78,27 @@ def make_optimizer(params, *, name: str, lr: float, momentum: float, weight_deca
     raise ConfigError(f"optimizer={name!r}: choose adam or sgd")
 
 
+def _load_mnist_like(cfg: CommonConfig, data_dir: str | None) -> dict[str, torch.Tensor]:
+    from . import data
+    return data.load_mnist(cfg.dataset, data_dir=data_dir)
+
+
+# dataset name -> loader(cfg, data_dir) -> {"x_train", "y_train", "x_test", "y_test"} (CPU tensors).
+# Other run kinds register theirs (e.g. the Aesop strings of paper section 7).
+DATASETS: dict[str, Callable[[Any, str | None], dict[str, torch.Tensor]]] = {
+    "mnist": _load_mnist_like, "fashion_mnist": _load_mnist_like}
+
+
 def load_data(cfg: CommonConfig, device: torch.device, data_dir: str | None = None) -> dict[str, torch.Tensor]:
     """Whole dataset as tensors on ``device`` (MNIST is 190 MB as float32: batches are index draws)."""
-    from .data import load_mnist
-    if cfg.dataset not in ("mnist", "fashion_mnist"):
-        raise ConfigError(f"dataset={cfg.dataset!r}: this run kind supports mnist and fashion_mnist")
-    d = load_mnist(cfg.dataset, data_dir=data_dir)
+    if cfg.dataset not in DATASETS:
+        raise ConfigError(f"dataset={cfg.dataset!r}: choose one of {sorted(DATASETS)}")
+    d = DATASETS[cfg.dataset](cfg, data_dir)
     if cfg.train_subset:
         d["x_train"], d["y_train"] = d["x_train"][: cfg.train_subset], d["y_train"][: cfg.train_subset]
     if cfg.test_subset:
         d["x_test"], d["y_test"] = d["x_test"][: cfg.test_subset], d["y_test"][: cfg.test_subset]
     return {k: v.to(device) for k, v in d.items()}
-
-
-def jitter(x: torch.Tensor, max_shift: int, *, generator: torch.Generator) -> torch.Tensor:
-    from .data.augment import jitter as _jitter  # lazy: only jittered runs need it
-    return _jitter(x, max_shift, generator=generator)
 
 
 # ----------------------------------------------------------------------------- task protocol
@@ -273,6 +279,14 @@ def supervised_ff_task(cfg: SupervisedFFConfig, device: torch.device) -> Task:
                          weight_decay=cfg.weight_decay)
     head_opt = make_optimizer(head.parameters(), name=cfg.optimizer, lr=cfg.head_lr, momentum=cfg.momentum,
                               weight_decay=cfg.head_weight_decay)
+    from . import analytic
+    if cfg.engine not in ("auto", "analytic", "autograd"):
+        raise ConfigError(f"engine={cfg.engine!r}: choose auto, analytic or autograd")
+    if cfg.engine == "analytic" and not analytic.supports(net):
+        raise ConfigError("engine=analytic needs dense layers with ssq, min_ssq or mean_ssq goodness")
+    use_analytic = cfg.engine != "autograd" and analytic.supports(net)
+    analytic_dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else None
+
     def step(x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         if cfg.jitter:
             x = jitter(x, cfg.jitter, generator=g)
@@ -288,13 +302,16 @@ def supervised_ff_task(cfg: SupervisedFFConfig, device: torch.device) -> Task:
             y_neg = uniform_wrong_labels(y, num_classes, generator=g)
         # Positive and negative passes as one batched product per layer.
         x_pn = torch.cat([overlay_label(x, y, num_classes), overlay_label(x, y_neg, num_classes)])
-        with autocast(device, cfg.dtype):
-            hs = net(x_pn)
-        losses = net.local_losses([h[:b] for h in hs], [h[b:] for h in hs])
-        loss = torch.stack(losses).sum()
         opt.zero_grad(set_to_none=True)
         head_opt.zero_grad(set_to_none=True)
-        (loss + head_loss).backward()
+        if use_analytic:  # same gradients as autograd (tests/test_analytic.py), less overhead
+            loss, _ = analytic.ff_backward(net, x_pn, b, dtype=analytic_dtype)
+            head_loss.backward()
+        else:
+            with autocast(device, cfg.dtype):
+                hs = net(x_pn)
+            loss = torch.stack(net.local_losses([h[:b] for h in hs], [h[b:] for h in hs])).sum()
+            (loss + head_loss).backward()
         opt.step()
         head_opt.step()
         return loss.detach()

@@ -1,0 +1,166 @@
+"""Speed benchmark: FF training against the machine's own matmul throughput (issue 3).
+
+FF's cost is almost all dense products: per training image, a neutral pass (for the one-pass
+head and hard negatives), a positive and a negative pass, and one weight-gradient product per
+layer for each of the two. No input gradient is needed because nothing crosses a layer. We count
+exactly these products ("needed FLOPs") and compare the achieved rate with a raw ``torch.mm`` of
+the same shapes. Warm-up is excluded; each measurement is repeated and we report median and spread.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import replace
+from typing import Any, Callable
+
+import torch
+
+from .config import BPConfig, SupervisedFFConfig
+from .train import autocast, build_task, ff_predict
+
+
+def _timeit(fn: Callable[[], Any], *, reps: int, warmup: int = 1) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def _summary(times: list[float], scale: float) -> dict[str, float]:
+    """``scale / time`` statistics: median and (min, max) spread over repetitions."""
+    rates = [scale / t for t in times]
+    return {"median": statistics.median(rates), "min": min(rates), "max": max(rates)}
+
+
+def forward_macs(sizes: list[int]) -> int:
+    """Multiply-adds of one forward pass of one image through a dense stack."""
+    return sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+
+
+def matmul_throughput(sizes: list[int], batch: int, dtype: torch.dtype, *, reps: int, iters: int = 5) -> dict[str, float]:
+    """GFLOP/s of the raw products FF needs for this net at this batch: forward x @ W^T on the
+    positive+negative batch and the weight gradient dz^T @ x, for every layer."""
+    mats = []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        x = torch.randn(2 * batch, a, dtype=dtype)
+        w = torch.randn(b, a, dtype=dtype)
+        dz = torch.randn(2 * batch, b, dtype=dtype)
+        mats.append((x, w, dz))
+    flops = iters * sum(2 * 2 * (2 * batch) * w.shape[0] * w.shape[1] for _, w, _ in mats)
+
+    def run() -> None:
+        for _ in range(iters):
+            for x, w, dz in mats:
+                torch.mm(x, w.t())
+                torch.mm(dz.t(), x)
+
+    return _summary(_timeit(run, reps=reps), flops / 1e9)
+
+
+def _synthetic(n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(n, 784, generator=g) > 0.8).float()
+    y = torch.randint(0, 10, (n,), generator=g)
+    return x.to(device), y.to(device)
+
+
+def train_throughput(cfg: Any, *, steps: int, reps: int) -> dict[str, float]:
+    """Images per second of the real training step (synthetic MNIST-shaped data)."""
+    device = torch.device("cpu") if cfg.device == "auto" and not torch.cuda.is_available() else \
+        torch.device("cuda" if cfg.device == "auto" else cfg.device)
+    task = build_task(cfg, device)
+    task.train(True)
+    b = cfg.batch_size
+    x, y = _synthetic(steps * b, device)
+    g = torch.Generator(device=device).manual_seed(0)
+
+    def run() -> None:
+        for i in range(steps):
+            task.step(x[i * b:(i + 1) * b], y[i * b:(i + 1) * b], g)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    return _summary(_timeit(run, reps=reps), steps * b)
+
+
+def eval_throughput(cfg: SupervisedFFConfig, *, n: int, reps: int) -> dict[str, dict[str, float]]:
+    device = torch.device("cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu")
+    task = build_task(cfg, device)
+    task.train(False)
+    net, head = task.modules["net"], task.modules["head"]
+    layers = list(range(cfg.eval_from_layer, len(cfg.hidden)))
+    x, _ = _synthetic(n, device)
+    out = {}
+    for name, per_label, h in (("per_label", True, None), ("one_pass", False, head)):
+        out[name] = _summary(_timeit(lambda: ff_predict(net, h, x, layers=layers, per_label=per_label,
+                                                        dtype=cfg.dtype), reps=reps), n)
+    return out
+
+
+def run_benchmark(hidden: tuple[int, ...] = (1000, 1000, 1000), *, batch_size: int = 100,
+                  dtype: str = "float32", negatives: str = "hard", steps: int = 30, reps: int = 5,
+                  device: str = "auto", epoch_images: int = 60000) -> dict[str, Any]:
+    """All five measurements of issue 3 for one network; returns a JSON-able dict."""
+    from .runs import environment
+    sizes = [784, *hidden]
+    macs = forward_macs(sizes)
+    ff_cfg = SupervisedFFConfig(hidden=hidden, batch_size=batch_size, dtype=dtype, negatives=negatives,
+                                device=device)
+    bp_cfg = BPConfig(hidden=hidden, batch_size=batch_size, dtype=dtype, device=device)
+    res: dict[str, Any] = {"env": environment(), "hidden": list(hidden), "batch_size": batch_size,
+                           "dtype": dtype, "negatives": negatives, "steps": steps, "reps": reps}
+    res["matmul_gflops"] = {
+        "float32": matmul_throughput(sizes, batch_size, torch.float32, reps=reps),
+        "bfloat16": matmul_throughput(sizes, batch_size, torch.bfloat16, reps=reps)}
+    ff = train_throughput(ff_cfg, steps=steps, reps=reps)
+    # needed products per image: neutral + positive + negative forward, 2 weight gradients
+    ff_flops_per_image = 2 * macs * 5
+    res["ff_train"] = {"images_per_s": ff, "ms_per_epoch": epoch_images / ff["median"] * 1e3,
+                       "gflops": ff["median"] * ff_flops_per_image / 1e9,
+                       "flops_per_image": ff_flops_per_image}
+    raw = res["matmul_gflops"][dtype]["median"]
+    res["ff_fraction_of_matmul"] = res["ff_train"]["gflops"] / raw
+    bp = train_throughput(bp_cfg, steps=steps, reps=reps)
+    bp_flops_per_image = 2 * (macs + 10 * hidden[-1]) * 3  # forward, input grad, weight grad
+    res["bp_train"] = {"images_per_s": bp, "ms_per_epoch": epoch_images / bp["median"] * 1e3,
+                       "gflops": bp["median"] * bp_flops_per_image / 1e9}
+    res["ff_over_bp_time_per_epoch"] = res["ff_train"]["ms_per_epoch"] / res["bp_train"]["ms_per_epoch"]
+    res["eval_images_per_s"] = eval_throughput(ff_cfg, n=2000, reps=max(2, reps // 2))
+    return res
+
+
+def format_table(res: dict[str, Any]) -> str:
+    env = res["env"]
+    mm = res["matmul_gflops"]
+    f = res["ff_train"]
+    b = res["bp_train"]
+    ev = res["eval_images_per_s"]
+
+    def spread(d: dict[str, float], fmt: str = "{:.0f}") -> str:
+        return f"{fmt.format(d['median'])} [{fmt.format(d['min'])}-{fmt.format(d['max'])}]"
+
+    rows = [
+        f"fflab bench: hidden {res['hidden']} batch {res['batch_size']} dtype {res['dtype']} "
+        f"negatives {res['negatives']} ({res['steps']} steps x {res['reps']} reps, median [min-max])",
+        f"hardware: {env['cpu']} | {env['cpu_count']} CPUs, {env['torch_threads']} torch threads"
+        + (f" | GPU {env['gpu']}" if env.get("gpu") else ""),
+        f"versions: torch {env['torch']}, python {env['python']}, fflab {env['fflab']}",
+        "",
+        f"{'measurement':44s} {'value':>28s}",
+        f"{'(a) raw matmul fp32, FF shapes (GFLOP/s)':44s} {spread(mm['float32']):>28s}",
+        f"{'(a) raw matmul bf16, FF shapes (GFLOP/s)':44s} {spread(mm['bfloat16']):>28s}",
+        f"{'(b) FF train (images/s)':44s} {spread(f['images_per_s']):>28s}",
+        f"{'(b) FF train (ms per 60k-image epoch)':44s} {f['ms_per_epoch']:>28.0f}",
+        f"{'(b) FF train (GFLOP/s of needed products)':44s} {f['gflops']:>28.1f}",
+        f"{'(c) FF / raw matmul ' + res['dtype']:44s} {100 * res['ff_fraction_of_matmul']:>27.0f}%",
+        f"{'(d) BP train (images/s)':44s} {spread(b['images_per_s']):>28s}",
+        f"{'(d) BP train (ms per 60k-image epoch)':44s} {b['ms_per_epoch']:>28.0f}",
+        f"{'(d) FF / BP time per epoch':44s} {res['ff_over_bp_time_per_epoch']:>28.2f}",
+        f"{'(e) eval per-label goodness (images/s)':44s} {spread(ev['per_label']):>28s}",
+        f"{'(e) eval one-pass softmax (images/s)':44s} {spread(ev['one_pass']):>28s}",
+    ]
+    return "\n".join(rows)

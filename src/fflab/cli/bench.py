@@ -1,0 +1,40 @@
+"""``fflab bench``: FF training speed against raw matmul and backprop on this machine."""
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("bench", help="measure FF/BP/matmul throughput on this machine (issue 3)")
+    p.add_argument("--hidden", default="1000,1000,1000", help="hidden widths, e.g. 2000x4")
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--negatives", choices=["hard", "uniform"], default="hard")
+    p.add_argument("--steps", type=int, default=30, help="training steps per repetition")
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON ('-' for stdout only)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..bench import format_table, run_benchmark
+    from ..config import _expand_times
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    hidden = tuple(int(h) for h in _expand_times(args.hidden))
+    res = run_benchmark(hidden, batch_size=args.batch_size, dtype=args.dtype, negatives=args.negatives,
+                        steps=args.steps, reps=args.reps, device=args.device)
+    if args.json == "-":
+        print(json.dumps(res, indent=2))
+        return 0
+    print(format_table(res))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=2)
+        print(f"wrote {args.json}")
+    return 0
