@@ -145,7 +145,7 @@ def test_no_derivative_crosses_layers_or_time_steps():
             assert g[n_prev + 1 + [id(p) for p in net.parameters()].index(id(layer.weight))].abs().sum() > 0
 
 
-def test_step_gradient_equals_sum_of_per_iteration_updates(tiny_mnist):
+def test_step_gradient_equals_sum_of_per_iteration_updates():
     """One training step: the summed loss's gradient on layer i is the sum, over iterations, of
     gradients of layer i's loss computed from detached inputs at t-1 (nothing else contributes)."""
     net, x, y = net_and_data(hidden=(16, 12))

@@ -489,10 +489,11 @@ def plot_iterations(run_dir: str | Path, out: str | Path | None = None) -> Path 
 # ----------------------------------------------------------------------------- all / compare
 def plot_run(run_dir: str | Path) -> list[Path]:
     """Every plot that applies to the run, as PNGs in its folder: curves.png, goodness.png,
-    receptive_fields.png, iterations.png. Returns the paths written."""
+    receptive_fields.png, iterations.png, settling.png. Returns the paths written."""
     run_dir = _run_path(run_dir)
     written = [plot_learning_curves(run_dir)]
-    for fn in (plot_goodness, plot_receptive_fields, plot_iterations):
+    from .recurrent import plot_settling  # settling.png of recurrent runs (paper section 4)
+    for fn in (plot_goodness, plot_receptive_fields, plot_iterations, plot_settling):
         p = fn(run_dir)
         if p is not None:
             written.append(p)

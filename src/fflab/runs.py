@@ -174,6 +174,8 @@ def read_config(run_dir: str | Path) -> tuple[Any, str | None]:
         raise CheckpointError(f"{run_dir} is not a run folder (no config.json)")
     d = json.loads(p.read_text())
     recipe = d.pop("recipe", None)
+    from .recipes import _load_all
+    _load_all()  # registers the config kinds of every run kind (recurrent, sequences, ...)
     return config_mod.from_dict(d), recipe
 
 

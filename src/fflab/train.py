@@ -101,6 +101,11 @@ def load_data(cfg: CommonConfig, device: torch.device, data_dir: str | None = No
     return {k: v.to(device) for k, v in d.items()}
 
 
+def jitter(x: torch.Tensor, max_shift: int, *, generator: torch.Generator) -> torch.Tensor:
+    from .data.augment import jitter as _jitter  # lazy: only jittered runs need it
+    return _jitter(x, max_shift, generator=generator)
+
+
 # ----------------------------------------------------------------------------- task protocol
 @dataclass
 class Task:
@@ -130,6 +135,8 @@ def register_task(config_cls: type):
 
 
 def build_task(cfg: Any, device: torch.device) -> Task:
+    from .recipes import _load_all
+    _load_all()  # registers the task builders of every run kind
     try:
         builder = TASKS[type(cfg).__name__]
     except KeyError:
