@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml requirements-dev.txt
 venv: $(VENV)/.installed
 
 demo: venv
-	$(VENV)/bin/fflab train demo --out runs/demo
+	$(VENV)/bin/fflab train demo
 
 test: venv
 	$(PY) -m pytest

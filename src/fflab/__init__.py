@@ -9,10 +9,14 @@ from .goodness import ff_loss, mean_of_squares, min_sum_of_squares, p_positive, 
 from .layers import FFDense, FFLayer, normalize
 from .nets import CNN, FFNet, SoftmaxHead, mlp
 from .negatives import hard_wrong_labels, overlay_label, uniform_wrong_labels
+from .local import FFLocal
+from .hybrid import hybrid_negatives, make_masks
+from .fast import fast_update
 
 __all__ = [
     "__version__", "FFLabError", "ConfigError", "DataError", "CheckpointError", "TrainingDiverged",
     "ff_loss", "sum_of_squares", "min_sum_of_squares", "mean_of_squares", "p_positive",
     "FFLayer", "FFDense", "normalize", "FFNet", "SoftmaxHead", "mlp", "CNN",
     "overlay_label", "uniform_wrong_labels", "hard_wrong_labels",
+    "FFLocal", "hybrid_negatives", "make_masks", "fast_update",
 ]

@@ -90,7 +90,7 @@ class SequenceFFConfig(CommonConfig):
     eval_from_layer: int = 0              # predictions sum goodness over hidden layers [eval_from_layer:]
     optimizer: str = "adam"
     lr: float = 1e-3
-    momentum: float = 0.9
+    momentum: float = 0.9                 # SGD: gradient EMA (make_optimizer); Adam: beta1
     weight_decay: float = 0.0
     lr_schedule: str = "constant"
 
@@ -125,6 +125,7 @@ class FastLearningConfig(CommonConfig):
     num_unseen: int = 100                 # cases never learned: how far they move
     target_goodness: float = 0.0          # S*; 0 = each layer's threshold (mean square 1 per unit)
     norm: str = "rms"                     # rms (the nets' normalization) | l2 (the paper's statement)
+    lr_schedule: str = "constant"         # fit sets every optimizer's lr each epoch; here lr is 0
 
 
 # ----------------------------------------------------------------------------- data
@@ -268,6 +269,17 @@ class Clock(nn.Module):
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
 
 
+def _optimizer(params, cfg: SequenceFFConfig | SequenceBPConfig) -> torch.optim.Optimizer:
+    """``make_optimizer``, except that ``momentum`` is also Adam's beta1: the sleep recipes need
+    "very high momentum" with either optimizer (SGD: the gradient EMA of ``make_optimizer``)."""
+    if cfg.optimizer == "adam":
+        if not 0 <= cfg.momentum < 1:
+            raise ConfigError(f"momentum={cfg.momentum} must be in [0, 1)")
+        return torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.momentum, 0.999), weight_decay=cfg.weight_decay)
+    return make_optimizer(params, name=cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum,
+                          weight_decay=cfg.weight_decay)
+
+
 def _check_common(cfg: CommonConfig) -> None:
     if cfg.dataset != "aesop":
         raise ConfigError(f"dataset={cfg.dataset!r}: sequence runs use dataset=aesop")
@@ -291,8 +303,7 @@ def sequence_ff_task(cfg: SequenceFFConfig, device: torch.device) -> Task:
                       block_size=cfg.block_size).to(device)
     clock = Clock().to(device)
     layers = list(range(cfg.eval_from_layer, len(cfg.hidden)))
-    opt = make_optimizer(net.parameters(), name=cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum,
-                         weight_decay=cfg.weight_decay)
+    opt = _optimizer(net.parameters(), cfg)
     # fit draws ceil(n / batch_size) batches per epoch; the data are fixed (224 training strings),
     # so the epoch of an update follows from the update counter (needed for sleep_stop_epoch).
     n_train = min(cfg.train_subset or NUM_TRAIN, NUM_TRAIN)
@@ -374,8 +385,7 @@ class NextCharMLP(nn.Module):
 def sequence_bp_task(cfg: SequenceBPConfig, device: torch.device) -> Task:
     _check_common(cfg)
     model = NextCharMLP(cfg.hidden).to(device)
-    opt = make_optimizer(model.parameters(), name=cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum,
-                         weight_decay=cfg.weight_decay)
+    opt = _optimizer(model.parameters(), cfg)
 
     def step(x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         ctx, nxt = contexts(x)
@@ -440,3 +450,29 @@ def fast_learning_task(cfg: FastLearningConfig, device: torch.device) -> Task:
 
     return Task(modules={"net": net}, optimizers={"net": opt}, base_lrs={"net": 0.0},
                 step=step, evaluate=evaluate, finalize=finalize)
+
+
+# ----------------------------------------------------------------------------- reporting
+def results_table(run_dirs: list[str]) -> str:
+    """A markdown table of sequence runs (the sleep findings): one row per run folder with its
+    recipe, negatives, sleep_k, sleep_stop_epoch, lr/momentum, the final train and held-out
+    per-character error, and the best held-out error with its epoch. Reads run folders only."""
+    import json
+    from pathlib import Path
+    head = ("| run | recipe | negatives | sleep_k | stop epoch | lr / momentum | epochs "
+            "| train err | held-out err | best held-out (epoch) |")
+    rows = [head, "|" + "---|" * (head.count("|") - 1)]
+    for d in run_dirs:
+        cfg = json.loads((Path(d) / "config.json").read_text())
+        evals = [m for m in runs.read_metrics(d) if "test_error_char" in m]
+        if not evals:
+            raise DataError(f"{d} has no test_error_char records (not a sequence run, or no evaluation yet)")
+        last = evals[-1]
+        best = min(evals, key=lambda m: m["test_error_char"])
+        pct = lambda v: f"{100 * v:.2f}%"
+        rows.append(f"| {Path(d).name} | {cfg.get('recipe') or '-'} | {cfg.get('negatives', 'bp')} "
+                    f"| {cfg.get('sleep_k', '-')} | {cfg.get('sleep_stop_epoch') or '-'} "
+                    f"| {cfg['lr']:g} / {cfg['momentum']:g} | {last['epoch']} "
+                    f"| {pct(last['train_error_char'])} | {pct(last['test_error_char'])} "
+                    f"| {pct(best['test_error_char'])} ({best['epoch']}) |")
+    return "\n".join(rows)

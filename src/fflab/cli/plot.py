@@ -13,7 +13,7 @@ from pathlib import Path
 from ..errors import ConfigError
 
 NEGATIVES = "negatives"
-COMPARE_METRICS = ("test_error_goodness", "test_error_onepass", "test_error")
+COMPARE_METRICS = ("test_error_goodness", "test_error_onepass", "test_error_readout", "test_error_char", "test_error")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
