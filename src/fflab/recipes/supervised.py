@@ -11,11 +11,11 @@ def demo(quick: bool):
     """The `make demo` job: a small supervised FF net with hard negatives.
 
     784-1000-1000-1000, batch 100, Adam lr 1e-3 decayed linearly to ~0 over the second half,
-    hard negatives, 15 epochs. The full-length version of the same net is ff-official-3x1000.
+    hard negatives, 20 epochs. The full-length version of the same net is ff-official-3x1000.
     Command: ``fflab train demo`` (``make demo`` sets up the environment first).
     Runtime and result on a 2-core CPU: see RESULTS.md.
     """
-    cfg = SupervisedFFConfig(hidden=(1000, 1000, 1000), epochs=15, batch_size=100, optimizer="adam",
+    cfg = SupervisedFFConfig(hidden=(1000, 1000, 1000), epochs=20, batch_size=100, optimizer="adam",
                              lr=1e-3, head_lr=1e-3, negatives="hard", eval_every=5, train_eval_size=2000)
     return quick_mode(cfg, hidden=(64, 64)) if quick else cfg
 
