@@ -43,3 +43,28 @@ def test_analytic_bf16_close_to_fp32():
         assert layer.weight.grad.dtype == torch.float32
         rel = (layer.weight.grad - g).norm() / g.norm()
         assert rel < 0.05
+
+
+def test_shared_label_input_equals_plain_path():
+    from fflab.analytic import LabelledInput
+    from fflab.negatives import overlay_label
+    torch.manual_seed(0)
+    net = FFNet.dense(40, [16, 12], peer_norm=0.03).double()
+    x = torch.rand(6, 40, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 3, 4, 5])
+    y_neg = torch.tensor([1, 2, 3, 4, 5, 0])
+    li = LabelledInput(net, x, num_classes=10)
+    for labels in (None, y):
+        ref = net(overlay_label(x, labels))
+        got = li.forward(labels)
+        assert all(torch.allclose(a, b, atol=1e-10) for a, b in zip(ref, got))
+    peer0 = [l.peer_mean.clone() for l in net.layers]
+    loss_ref, _ = ff_backward(net, torch.cat([overlay_label(x, y), overlay_label(x, y_neg)]), 6)
+    ref = [(l.weight.grad.clone(), l.bias.grad.clone()) for l in net.layers]
+    for l, p in zip(net.layers, peer0):
+        l.peer_mean.copy_(p)
+    loss = li.ff_backward(y, y_neg)
+    assert loss.item() == pytest.approx(loss_ref.item(), rel=1e-9)
+    for layer, (gw, gb) in zip(net.layers, ref):
+        assert torch.allclose(layer.weight.grad, gw, atol=1e-10)
+        assert torch.allclose(layer.bias.grad, gb, atol=1e-10)

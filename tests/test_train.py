@@ -93,3 +93,20 @@ def test_nan_loss_is_a_clear_error(tmp_path, tiny_mnist):
     from fflab.errors import TrainingDiverged
     with pytest.raises(TrainingDiverged, match="loss became (nan|inf)"):
         fit(small_cfg(epochs=1, optimizer="sgd", lr=1e30), str(tmp_path / "n"), progress=False, log=lambda s: None)
+
+
+@pytest.mark.parametrize("engine", ["autograd", "fused"])
+def test_engines_train_like_analytic(tmp_path, tiny_mnist, engine):
+    ref = fit(small_cfg(epochs=1, engine="analytic"), str(tmp_path / "a"), progress=False, log=lambda s: None)
+    other = fit(small_cfg(epochs=1, engine=engine), str(tmp_path / engine), progress=False, log=lambda s: None)
+    la = runs.read_metrics(tmp_path / "a")[-1]["train_loss"]
+    lb = runs.read_metrics(tmp_path / engine)[-1]["train_loss"]
+    assert lb == pytest.approx(la, rel=1e-3)
+    assert abs(other["test_error_goodness"] - ref["test_error_goodness"]) <= 0.02
+
+
+def test_bf16_runs(tmp_path, tiny_mnist):
+    for engine in ("analytic", "fused", "autograd"):
+        res = fit(small_cfg(epochs=1, dtype="bfloat16", engine=engine), str(tmp_path / engine),
+                  progress=False, log=lambda s: None)
+        assert res["test_error_onepass"] < 0.5

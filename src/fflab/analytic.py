@@ -29,6 +29,52 @@ def supports(net: FFNet) -> bool:
     return all(type(layer) is FFDense and layer.goodness_name in _SIGN for layer in net.layers)
 
 
+def _local_dz(layer: FFDense, h: torch.Tensor, b_pos: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """dL/dz of the layer's own loss for activities h = relu(z) of [positives; negatives], and the loss."""
+    hf = h.float() if h.dtype in (torch.bfloat16, torch.float16) else h
+    b_neg = hf.shape[0] - b_pos
+    bs = layer.block_size or layer.num_units
+    n = bs if layer.goodness_name == "mean_ssq" else 1
+    s = _SIGN[layer.goodness_name]
+    g = s * hf.view(hf.shape[0], -1, bs).square().sum(-1) / n    # (2B, blocks)
+    t = layer.threshold
+    blocks = g.shape[1]
+    # mean over cases and blocks, as in FFLayer.local_loss -> ff_loss(...).mean()
+    dg = torch.empty_like(g)
+    dg[:b_pos] = -torch.sigmoid(t - g[:b_pos]) / (b_pos * blocks)
+    dg[b_pos:] = torch.sigmoid(g[b_pos:] - t) / (b_neg * blocks)
+    loss = (torch.nn.functional.softplus(t - g[:b_pos]).mean()
+            + torch.nn.functional.softplus(g[b_pos:] - t).mean())
+    dz = hf.view(hf.shape[0], -1, bs).mul(dg.unsqueeze(-1) * (2.0 * s / n)).view_as(hf)
+    if layer.peer_norm > 0 and layer.training:
+        layer.peer_mean.mul_(layer.peer_momentum).add_(hf[:b_pos].mean(0), alpha=1 - layer.peer_momentum)
+        c = layer.peer_norm * (layer.peer_mean.mean() - layer.peer_mean)
+        dz[:b_pos] -= (hf[:b_pos] > 0).to(dz.dtype) * (c / b_pos)
+        loss = loss - (hf[:b_pos] * c).sum(-1).mean()
+    return dz, loss
+
+
+def _cast(t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    return t if dtype is None else t.to(dtype)
+
+
+def _dense_backward(layers, x: torch.Tensor, num_pos: int, eps: float, dtype: torch.dtype | None,
+                    total: torch.Tensor, hs: list[torch.Tensor]) -> torch.Tensor:
+    """Forward normalized input x through ``layers`` setting each layer's grads; returns the loss sum."""
+    for layer in layers:
+        w, bias = layer.weight, layer.bias
+        xin = _cast(x, dtype)
+        z = torch.addmm(bias.to(xin.dtype), xin, _cast(w, dtype).t())   # (2B, out)
+        h = z.relu_()                                                  # in place: z is not needed again
+        hs.append(h)
+        dz, loss = _local_dz(layer, h, num_pos)
+        total = total + loss
+        w.grad = torch.mm(_cast(dz, dtype).t(), xin).to(w.dtype)       # (out, in): the update's only product
+        bias.grad = dz.sum(0).to(bias.dtype)
+        x = normalize(h, eps)
+    return total
+
+
 @torch.no_grad()
 def ff_backward(net: FFNet, x_pn: torch.Tensor, num_pos: int, *, dtype: torch.dtype | None = None
                 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -38,39 +84,73 @@ def ff_backward(net: FFNet, x_pn: torch.Tensor, num_pos: int, *, dtype: torch.dt
     ``dtype=torch.bfloat16`` runs the products in bf16 (fp32 accumulation; grads stored in fp32).
     Returns (sum of the layers' losses (detached scalar), pre-normalization activities per layer).
     """
-    b_pos = num_pos
-    b_neg = x_pn.shape[0] - num_pos
-    x = normalize(x_pn, net.eps)
-    total = x_pn.new_zeros(())
-    hs = []
-    for layer in net.layers:
-        w, bias = layer.weight, layer.bias
-        xin = x.to(dtype) if dtype is not None else x
-        wc = w.to(dtype) if dtype is not None else w
-        z = torch.addmm(bias.to(xin.dtype), xin, wc.t())        # (2B, out)
-        h = z.relu_()                                          # in place: z is not needed again
-        hs.append(h)
-        hf = h.float() if h.dtype in (torch.bfloat16, torch.float16) else h
-        bs = layer.block_size or layer.num_units
-        n = bs if layer.goodness_name == "mean_ssq" else 1
-        s = _SIGN[layer.goodness_name]
-        g = s * hf.view(hf.shape[0], -1, bs).square().sum(-1) / n    # (2B, blocks)
-        t = layer.threshold
-        blocks = g.shape[1]
-        # mean over cases and blocks, as in FFLayer.local_loss -> ff_loss(...).mean()
-        dg = torch.empty_like(g)
-        dg[:b_pos] = -torch.sigmoid(t - g[:b_pos]) / (b_pos * blocks)
-        dg[b_pos:] = torch.sigmoid(g[b_pos:] - t) / (b_neg * blocks)
-        total += (torch.nn.functional.softplus(t - g[:b_pos]).mean()
-                  + torch.nn.functional.softplus(g[b_pos:] - t).mean())
-        dz = hf.view(hf.shape[0], -1, bs).mul(dg.unsqueeze(-1) * (2.0 * s / n)).view_as(hf)
-        if layer.peer_norm > 0 and layer.training:
-            layer.peer_mean.mul_(layer.peer_momentum).add_(hf[:b_pos].mean(0), alpha=1 - layer.peer_momentum)
-            c = layer.peer_norm * (layer.peer_mean.mean() - layer.peer_mean)
-            dz[:b_pos] -= (hf[:b_pos] > 0).float() * (c / b_pos)
-            total -= (hf[:b_pos] * c).sum(-1).mean()
-        dzc = dz.to(dtype) if dtype is not None else dz
-        w.grad = torch.mm(dzc.t(), xin).to(w.dtype)              # (out, in): the only product of the update
-        bias.grad = dz.sum(0).to(bias.dtype)
-        x = normalize(h, net.eps)
+    hs: list[torch.Tensor] = []
+    total = _dense_backward(net.layers, normalize(x_pn, net.eps), num_pos, net.eps, dtype,
+                            x_pn.new_zeros(()), hs)
     return total, hs
+
+
+# ----------------------------------------------------------------------------- shared label input
+# Supervised FF feeds the same image three times per step (neutral, positive and negative label),
+# and the images differ only in the first num_classes pixels. The first layer's product with the
+# image part, P = img W^T, is therefore computed once; each labelled variant adds its label
+# column(s) and rescales by its own input RMS (which depends on the label only through |label|^2).
+# Likewise the first layer's weight gradient needs the image product once for positives and
+# negatives together, because they share the image and (one-hot labels) the RMS.
+
+class LabelledInput:
+    """The image part of a batch, shared by its neutral, positive and negative variants."""
+
+    def __init__(self, net: FFNet, x: torch.Tensor, num_classes: int, dtype: torch.dtype | None = None):
+        self.net, self.num_classes, self.dtype = net, num_classes, dtype
+        self.img = x.clone()
+        self.img[:, :num_classes] = 0
+        self.sq = self.img.square().sum(1)                     # (B,) squared length of the image part
+        w0 = net.layers[0].weight
+        self.P = torch.mm(_cast(self.img, dtype), _cast(w0, dtype).t()).to(x.dtype)   # (B, out0)
+
+    def _rms(self, label_sq: float) -> torch.Tensor:
+        return self.net.eps + ((self.sq + label_sq) / self.img.shape[1]).sqrt()  # (B,)
+
+    def first_z(self, labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """First-layer pre-activation for one-hot ``labels`` (B,), or the neutral label if None."""
+        w0, b0 = self.net.layers[0].weight, self.net.layers[0].bias
+        C = self.num_classes
+        if labels is None:
+            r = self._rms(C * 0.1 ** 2)
+            z = (self.P + 0.1 * w0[:, :C].sum(1)) / r[:, None] + b0
+        else:
+            r = self._rms(1.0)
+            z = (self.P + w0[:, labels].t()) / r[:, None] + b0
+        return z, r
+
+    @torch.no_grad()
+    def forward(self, labels: torch.Tensor | None) -> list[torch.Tensor]:
+        """Activities of every layer, equal to ``net(overlay_label(x, labels))``."""
+        h = self.first_z(labels)[0].relu_()
+        hs = [h]
+        for layer in self.net.layers[1:]:
+            xin = _cast(normalize(h, self.net.eps), self.dtype)
+            h = torch.addmm(layer.bias.to(xin.dtype), xin, _cast(layer.weight, self.dtype).t()).to(self.img.dtype).relu_()
+            hs.append(h)
+        return hs
+
+    @torch.no_grad()
+    def ff_backward(self, y_pos: torch.Tensor, y_neg: torch.Tensor) -> torch.Tensor:
+        """Same gradients as ``ff_backward(net, cat([overlay(x, y_pos), overlay(x, y_neg)]), B)``."""
+        net, b = self.net, self.img.shape[0]
+        layer0 = net.layers[0]
+        z_pos, r = self.first_z(y_pos)
+        z_neg, _ = self.first_z(y_neg)
+        h = torch.cat([z_pos, z_neg]).relu_()                 # (2B, out0)
+        dz, total = _local_dz(layer0, h, b)
+        dz_r = dz / torch.cat([r, r])[:, None]                # the input rows were divided by r
+        w0 = layer0.weight
+        grad = torch.mm(_cast(dz_r[:b] + dz_r[b:], self.dtype).t(), _cast(self.img, self.dtype)).to(self.img.dtype)
+        C = self.num_classes
+        grad[:, :C] += dz_r[:b].t() @ torch.nn.functional.one_hot(y_pos, C).to(dz_r.dtype)
+        grad[:, :C] += dz_r[b:].t() @ torch.nn.functional.one_hot(y_neg, C).to(dz_r.dtype)
+        w0.grad = grad.to(w0.dtype)
+        layer0.bias.grad = dz.sum(0).to(layer0.bias.dtype)
+        hs = [h]
+        return _dense_backward(net.layers[1:], normalize(h, net.eps), b, net.eps, self.dtype, total, hs)

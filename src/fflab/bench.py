@@ -103,22 +103,24 @@ def eval_throughput(cfg: SupervisedFFConfig, *, n: int, reps: int) -> dict[str, 
 
 def run_benchmark(hidden: tuple[int, ...] = (1000, 1000, 1000), *, batch_size: int = 100,
                   dtype: str = "float32", negatives: str = "hard", steps: int = 30, reps: int = 5,
-                  device: str = "auto", epoch_images: int = 60000) -> dict[str, Any]:
+                  device: str = "auto", engine: str = "auto", epoch_images: int = 60000) -> dict[str, Any]:
     """All five measurements of issue 3 for one network; returns a JSON-able dict."""
     from .runs import environment
     sizes = [784, *hidden]
     macs = forward_macs(sizes)
     ff_cfg = SupervisedFFConfig(hidden=hidden, batch_size=batch_size, dtype=dtype, negatives=negatives,
-                                device=device)
+                                device=device, engine=engine)
     bp_cfg = BPConfig(hidden=hidden, batch_size=batch_size, dtype=dtype, device=device)
     res: dict[str, Any] = {"env": environment(), "hidden": list(hidden), "batch_size": batch_size,
-                           "dtype": dtype, "negatives": negatives, "steps": steps, "reps": reps}
+                           "dtype": dtype, "negatives": negatives, "engine": engine, "steps": steps, "reps": reps}
     res["matmul_gflops"] = {
         "float32": matmul_throughput(sizes, batch_size, torch.float32, reps=reps),
         "bfloat16": matmul_throughput(sizes, batch_size, torch.bfloat16, reps=reps)}
     ff = train_throughput(ff_cfg, steps=steps, reps=reps)
-    # needed products per image: neutral + positive + negative forward, 2 weight gradients
-    ff_flops_per_image = 2 * macs * 5
+    # needed products per image: neutral + positive + negative forward, 2 weight gradients;
+    # the fused engine needs the first layer's image product once forward and once for its update
+    first = sizes[0] * sizes[1]
+    ff_flops_per_image = 2 * (5 * macs if engine != "fused" else 2 * first + 5 * (macs - first))
     res["ff_train"] = {"images_per_s": ff, "ms_per_epoch": epoch_images / ff["median"] * 1e3,
                        "gflops": ff["median"] * ff_flops_per_image / 1e9,
                        "flops_per_image": ff_flops_per_image}
@@ -145,7 +147,7 @@ def format_table(res: dict[str, Any]) -> str:
 
     rows = [
         f"fflab bench: hidden {res['hidden']} batch {res['batch_size']} dtype {res['dtype']} "
-        f"negatives {res['negatives']} ({res['steps']} steps x {res['reps']} reps, median [min-max])",
+        f"negatives {res['negatives']} engine {res['engine']} ({res['steps']} steps x {res['reps']} reps, median [min-max])",
         f"hardware: {env['cpu']} | {env['cpu_count']} CPUs, {env['torch_threads']} torch threads"
         + (f" | GPU {env['gpu']}" if env.get("gpu") else ""),
         f"versions: torch {env['torch']}, python {env['python']}, fflab {env['fflab']}",

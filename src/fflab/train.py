@@ -287,38 +287,48 @@ def supervised_ff_task(cfg: SupervisedFFConfig, device: torch.device) -> Task:
     head_opt = make_optimizer(head.parameters(), name=cfg.optimizer, lr=cfg.head_lr, momentum=cfg.momentum,
                               weight_decay=cfg.head_weight_decay)
     from . import analytic
-    if cfg.engine not in ("auto", "analytic", "autograd"):
-        raise ConfigError(f"engine={cfg.engine!r}: choose auto, analytic or autograd")
-    if cfg.engine == "analytic" and not analytic.supports(net):
-        raise ConfigError("engine=analytic needs dense layers with ssq, min_ssq or mean_ssq goodness")
-    use_analytic = cfg.engine != "autograd" and analytic.supports(net)
+    if cfg.engine not in ("auto", "analytic", "fused", "autograd"):
+        raise ConfigError(f"engine={cfg.engine!r}: choose auto, analytic, fused or autograd")
+    if cfg.engine in ("analytic", "fused") and not analytic.supports(net):
+        raise ConfigError(f"engine={cfg.engine} needs dense layers with ssq, min_ssq or mean_ssq goodness")
+    engine = cfg.engine if cfg.engine != "auto" else ("analytic" if analytic.supports(net) else "autograd")
     analytic_dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else None
+
+    def sample_negatives(logits: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        if cfg.negatives == "hard":
+            return hard_wrong_labels(logits.detach().softmax(1), y, generator=g)
+        return uniform_wrong_labels(y, num_classes, generator=g)
 
     def step(x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         if cfg.jitter:
             x = jitter(x, cfg.jitter, generator=g)
         b = x.shape[0]
-        # Neutral pass: trains the one-pass softmax head and supplies hard-negative probabilities.
-        with torch.no_grad(), autocast(device, cfg.dtype):
-            feats = net.features(net(overlay_label(x, None, num_classes)), layers)
-        logits = head(feats)
-        head_loss = F.cross_entropy(logits, y)
-        if cfg.negatives == "hard":
-            y_neg = hard_wrong_labels(logits.detach().softmax(1), y, generator=g)
-        else:
-            y_neg = uniform_wrong_labels(y, num_classes, generator=g)
-        # Positive and negative passes as one batched product per layer.
-        x_pn = torch.cat([overlay_label(x, y, num_classes), overlay_label(x, y_neg, num_classes)])
         opt.zero_grad(set_to_none=True)
         head_opt.zero_grad(set_to_none=True)
-        if use_analytic:  # same gradients as autograd (tests/test_analytic.py), less overhead
-            loss, _ = analytic.ff_backward(net, x_pn, b, dtype=analytic_dtype)
+        if engine == "fused":
+            # One first-layer image product shared by the neutral, positive and negative passes.
+            li = analytic.LabelledInput(net, x, num_classes, dtype=analytic_dtype)
+            logits = head(net.features(li.forward(None), layers))
+            head_loss = F.cross_entropy(logits, y)
+            loss = li.ff_backward(y, sample_negatives(logits, y, g))
             head_loss.backward()
         else:
-            with autocast(device, cfg.dtype):
-                hs = net(x_pn)
-            loss = torch.stack(net.local_losses([h[:b] for h in hs], [h[b:] for h in hs])).sum()
-            (loss + head_loss).backward()
+            # Neutral pass: trains the one-pass softmax head and supplies hard-negative probabilities.
+            with torch.no_grad(), autocast(device, cfg.dtype):
+                feats = net.features(net(overlay_label(x, None, num_classes)), layers)
+            logits = head(feats)
+            head_loss = F.cross_entropy(logits, y)
+            y_neg = sample_negatives(logits, y, g)
+            # Positive and negative passes as one batched product per layer.
+            x_pn = torch.cat([overlay_label(x, y, num_classes), overlay_label(x, y_neg, num_classes)])
+            if engine == "analytic":  # same gradients as autograd (tests/test_analytic.py), less overhead
+                loss, _ = analytic.ff_backward(net, x_pn, b, dtype=analytic_dtype)
+                head_loss.backward()
+            else:
+                with autocast(device, cfg.dtype):
+                    hs = net(x_pn)
+                loss = torch.stack(net.local_losses([h[:b] for h in hs], [h[b:] for h in hs])).sum()
+                (loss + head_loss).backward()
         opt.step()
         head_opt.step()
         return loss.detach()
