@@ -59,12 +59,14 @@ def _cast(t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
 
 
 def _dense_backward(layers, x: torch.Tensor, num_pos: int, eps: float, dtype: torch.dtype | None,
-                    total: torch.Tensor, hs: list[torch.Tensor]) -> torch.Tensor:
-    """Forward normalized input x through ``layers`` setting each layer's grads; returns the loss sum."""
-    for layer in layers:
+                    total: torch.Tensor, hs: list[torch.Tensor], weights=None) -> torch.Tensor:
+    """Forward normalized input x through ``layers`` setting each layer's grads; returns the loss sum.
+    ``weights``: the layers' weights already cast to ``dtype`` (saves a cast per product)."""
+    for i, layer in enumerate(layers):
         w, bias = layer.weight, layer.bias
         xin = _cast(x, dtype)
-        z = torch.addmm(bias.to(xin.dtype), xin, _cast(w, dtype).t())   # (2B, out)
+        wc = weights[i] if weights is not None else _cast(w, dtype)
+        z = torch.addmm(bias.to(xin.dtype), xin, wc.t())               # (2B, out)
         h = z.relu_()                                                  # in place: z is not needed again
         hs.append(h)
         dz, loss = _local_dz(layer, h, num_pos)
@@ -106,8 +108,9 @@ class LabelledInput:
         self.img = x.clone()
         self.img[:, :num_classes] = 0
         self.sq = self.img.square().sum(1)                     # (B,) squared length of the image part
-        w0 = net.layers[0].weight
-        self.P = torch.mm(_cast(self.img, dtype), _cast(w0, dtype).t()).to(x.dtype)   # (B, out0)
+        # Cast once per step: the neutral and the positive/negative passes share these copies.
+        self.weights = [_cast(layer.weight, dtype) for layer in net.layers]
+        self.P = torch.mm(_cast(self.img, dtype), self.weights[0].t()).to(x.dtype)   # (B, out0)
 
     def _rms(self, label_sq: float) -> torch.Tensor:
         return self.net.eps + ((self.sq + label_sq) / self.img.shape[1]).sqrt()  # (B,)
@@ -129,9 +132,9 @@ class LabelledInput:
         """Activities of every layer, equal to ``net(overlay_label(x, labels))``."""
         h = self.first_z(labels)[0].relu_()
         hs = [h]
-        for layer in self.net.layers[1:]:
+        for layer, wc in zip(self.net.layers[1:], self.weights[1:]):
             xin = _cast(normalize(h, self.net.eps), self.dtype)
-            h = torch.addmm(layer.bias.to(xin.dtype), xin, _cast(layer.weight, self.dtype).t()).to(self.img.dtype).relu_()
+            h = torch.addmm(layer.bias.to(xin.dtype), xin, wc.t()).to(self.img.dtype).relu_()
             hs.append(h)
         return hs
 
@@ -153,4 +156,5 @@ class LabelledInput:
         w0.grad = grad.to(w0.dtype)
         layer0.bias.grad = dz.sum(0).to(layer0.bias.dtype)
         hs = [h]
-        return _dense_backward(net.layers[1:], normalize(h, net.eps), b, net.eps, self.dtype, total, hs)
+        return _dense_backward(net.layers[1:], normalize(h, net.eps), b, net.eps, self.dtype, total, hs,
+                               weights=self.weights[1:])
