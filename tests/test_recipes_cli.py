@@ -1,0 +1,54 @@
+"""Every MNIST recipe runs in quick mode; the CLI reports bad input as one clear line."""
+import json
+
+import pytest
+
+from fflab.cli.main import main
+from fflab.config import apply_overrides
+from fflab.recipes import all_recipes
+from fflab.train import fit
+
+MNIST_RECIPES = sorted(n for n, r in all_recipes().items() if r.config().dataset == "mnist")
+
+
+def test_recipe_registry_has_the_papers_results():
+    names = set(all_recipes())
+    assert {"demo", "ff-paper-4x2000", "ff-official-3x1000", "bp-mlp", "ff-fast"} <= names
+    for r in all_recipes().values():
+        assert r.claim and r.doc, r.name  # every recipe states its claim and has a docstring
+
+
+@pytest.mark.parametrize("name", [n for n in MNIST_RECIPES
+                                  if n in ("demo", "ff-paper-4x2000", "ff-official-3x1000", "bp-mlp", "ff-fast")])
+def test_supervised_recipes_quick_mode(tmp_path, tiny_mnist, name):
+    cfg = apply_overrides(all_recipes()[name].config(quick=True), {"threads": 1})
+    res = fit(cfg, str(tmp_path / name), recipe=name, progress=False, log=lambda s: None)
+    assert any(k.startswith("test_error") for k in res)
+    assert (tmp_path / name / "results.json").exists()
+
+
+def test_cli_train_eval_and_errors(tmp_path, tiny_mnist, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "demo", "--quick", "--out", str(out), "--no-progress", "threads=1", "epochs=2"]) == 0
+    assert json.loads((out / "config.json").read_text())["epochs"] == 2
+    assert main(["eval", str(out), "--json"]) == 0
+    assert "error_goodness" in capsys.readouterr().out
+    # a finished run folder is never overwritten
+    assert main(["train", "demo", "--quick", "--out", str(out), "--no-progress"]) == 2
+    assert "already holds a finished run" in capsys.readouterr().err
+    # unknown key: one line naming it and the valid keys, exit code 2, no traceback
+    assert main(["train", "demo", "--quick", "--out", str(tmp_path / "x"), "lr_rate=1"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown config key 'lr_rate'" in err and "valid keys" in err and "Traceback" not in err
+    assert main(["train", "no-such-recipe"]) == 2
+    assert "unknown recipe" in capsys.readouterr().err
+    assert main(["recipes"]) == 0
+    assert "ff-paper-4x2000" in capsys.readouterr().out
+
+
+def test_cli_resume_continues(tmp_path, tiny_mnist):
+    from fflab.train import fit as fit_
+    cfg = apply_overrides(all_recipes()["demo"].config(quick=True), {"threads": 1, "epochs": 2})
+    fit_(cfg, str(tmp_path / "r"), recipe="demo", progress=False, log=lambda s: None, stop_after_epoch=1)
+    assert main(["train", "--resume", str(tmp_path / "r"), "--no-progress"]) == 0
+    assert json.loads((tmp_path / "r" / "results.json").read_text())["epochs"] == 2
