@@ -1,6 +1,5 @@
 """Tests for the locally connected FF layer (paper sections 3.2 and 4): against a naive loop."""
 import torch
-import torch.nn.functional as F
 import pytest
 
 from fflab.layers import FFDense, normalize

@@ -33,7 +33,7 @@ def test_run_folder_contents(tmp_path, tiny_mnist):
 def test_same_seed_same_numbers(tmp_path, tiny_mnist):
     a = fit(small_cfg(epochs=2), str(tmp_path / "a"), progress=False, log=lambda s: None)
     b = fit(small_cfg(epochs=2), str(tmp_path / "b"), progress=False, log=lambda s: None)
-    c = fit(small_cfg(epochs=2, seed=1), str(tmp_path / "c"), progress=False, log=lambda s: None)
+    fit(small_cfg(epochs=2, seed=1), str(tmp_path / "c"), progress=False, log=lambda s: None)
     la, lb, lc = (runs.read_metrics(tmp_path / n)[-1]["train_loss"] for n in "abc")
     assert la == lb and la != lc
     assert a["test_error_goodness"] == b["test_error_goodness"]

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import replace
+
 from typing import Any, Callable
 
 import torch
 
 from .config import BPConfig, SupervisedFFConfig
-from .train import autocast, build_task, ff_predict
+from .train import build_task, ff_predict
 
 
 def _timeit(fn: Callable[[], Any], *, reps: int, warmup: int = 1) -> list[float]:

@@ -361,7 +361,6 @@ def plot_receptive_fields(run_dir: str | Path, out: str | Path | None = None, n:
     "first" the first n. Red is positive, blue negative, each tile on its own scale.
     Returns None (and says why on stderr) when the run has no model or an unknown layout.
     """
-    import torch
     from safetensors.torch import load_file
 
     run_dir = Path(run_dir)

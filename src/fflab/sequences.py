@@ -58,7 +58,7 @@ from .config import CommonConfig, register_config
 from .errors import ConfigError, DataError
 from .layers import FFDense, normalize
 from .nets import FFNet, mlp
-from .train import DATASETS, Task, autocast, make_optimizer, register_task
+from .train import DATASETS, Task, autocast, bp_step, make_optimizer, register_task
 
 CONTEXT = 10
 NUM_SYMBOLS = 30
@@ -389,12 +389,7 @@ def sequence_bp_task(cfg: SequenceBPConfig, device: torch.device) -> Task:
 
     def step(x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         ctx, nxt = contexts(x)
-        with autocast(device, cfg.dtype):
-            loss = F.cross_entropy(model(ctx).float(), nxt)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return loss.detach()
+        return bp_step(model, opt, ctx, nxt, device, cfg.dtype)
 
     @torch.no_grad()
     def evaluate(x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:

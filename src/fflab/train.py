@@ -349,16 +349,33 @@ def supervised_ff_task(cfg: SupervisedFFConfig, device: torch.device) -> Task:
 def save_goodness_samples(run: runs.Run, net: FFNet, x: torch.Tensor, y: torch.Tensor, num_classes: int) -> None:
     """Per-layer goodness of positive (true label) and uniform-wrong-label negative test images,
     for ``fflab plot`` (goodness.safetensors: pos.{layer}, neg.{layer})."""
-    from safetensors.torch import save_file
     g = torch.Generator(device=x.device).manual_seed(0)
     hs_pos = net(overlay_label(x, y, num_classes))
     hs_neg = net(overlay_label(x, uniform_wrong_labels(y, num_classes, generator=g), num_classes))
+    write_goodness(run, net, hs_pos, hs_neg)
+
+
+@torch.no_grad()
+def write_goodness(run: runs.Run, net: FFNet, hs_pos: list[torch.Tensor], hs_neg: list[torch.Tensor]) -> None:
+    """goodness.safetensors (pos.{i}, neg.{i}, threshold.{i} per layer), read by ``fflab plot``."""
+    from safetensors.torch import save_file
     tensors = {}
     for i, layer in enumerate(net.layers):
         tensors[f"pos.{i}"] = layer.goodness(hs_pos[i]).cpu().contiguous()
         tensors[f"neg.{i}"] = layer.goodness(hs_neg[i]).cpu().contiguous()
         tensors[f"threshold.{i}"] = torch.tensor([layer.threshold])
     runs._atomic_write(run.path / "goodness.safetensors", lambda tmp: save_file(tensors, tmp))
+
+
+def bp_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+            device: torch.device, dtype: str) -> torch.Tensor:
+    """One backprop step with cross-entropy (the baselines of SPEC section 2 and paper section 7)."""
+    with autocast(device, dtype):
+        loss = F.cross_entropy(model(x).float(), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.detach()
 
 
 # ----------------------------------------------------------------------------- backprop
@@ -378,12 +395,7 @@ def bp_task(cfg: BPConfig, device: torch.device) -> Task:
     def step(x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         if cfg.jitter:
             x = jitter(x, cfg.jitter, generator=g)
-        with autocast(device, cfg.dtype):
-            loss = F.cross_entropy(model(x).float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return loss.detach()
+        return bp_step(model, opt, x, y, device, cfg.dtype)
 
     @torch.no_grad()
     def evaluate(x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:

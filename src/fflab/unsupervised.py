@@ -49,10 +49,10 @@ from . import runs
 from .config import CommonConfig, register_config
 from .errors import ConfigError
 from .hybrid import hybrid_negatives
-from .layers import FFDense, FFLayer
+from .layers import FFLayer
 from .local import MNIST_LOCAL_LAYERS, FFLocal
 from .nets import FFNet, SoftmaxHead
-from .train import Task, autocast, make_optimizer, register_task
+from .train import Task, autocast, make_optimizer, register_task, write_goodness
 
 __all__ = ["UnsupervisedFFConfig", "build_net", "unsupervised_ff_task", "readout_predict",
            "save_hybrid_goodness_samples"]
@@ -147,16 +147,9 @@ def save_hybrid_goodness_samples(run: runs.Run, net: FFNet, x: torch.Tensor, *, 
                                  seed: int = 0) -> None:
     """Per-layer goodness of real test images (positive) and of hybrids made from them (negative),
     for ``fflab plot`` (goodness.safetensors: pos.{layer}, neg.{layer}, threshold.{layer})."""
-    from safetensors.torch import save_file
     g = torch.Generator(device=x.device).manual_seed(seed)
     x_neg = hybrid_negatives(x, generator=g, blur_passes=blur_passes)[0]
-    hs_pos, hs_neg = net(x), net(x_neg)
-    tensors = {}
-    for i, layer in enumerate(net.layers):
-        tensors[f"pos.{i}"] = layer.goodness(hs_pos[i]).cpu().contiguous()
-        tensors[f"neg.{i}"] = layer.goodness(hs_neg[i]).cpu().contiguous()
-        tensors[f"threshold.{i}"] = torch.tensor([layer.threshold])
-    runs._atomic_write(run.path / "goodness.safetensors", lambda tmp: save_file(tensors, tmp))
+    write_goodness(run, net, net(x), net(x_neg))
 
 
 @register_task(UnsupervisedFFConfig)
