@@ -110,3 +110,9 @@ def test_bf16_runs(tmp_path, tiny_mnist):
         res = fit(small_cfg(epochs=1, dtype="bfloat16", engine=engine), str(tmp_path / engine),
                   progress=False, log=lambda s: None)
         assert res["test_error_onepass"] < 0.5
+
+
+def test_resume_of_finished_run_is_a_clear_error(tmp_path, tiny_mnist):
+    fit(small_cfg(epochs=1), str(tmp_path / "r"), progress=False, log=lambda s: None)
+    with pytest.raises(CheckpointError, match="already finished"):
+        fit(small_cfg(epochs=1), str(tmp_path / "r"), resume=True, progress=False, log=lambda s: None)

@@ -19,7 +19,7 @@ from torch import nn
 
 from . import runs
 from .config import BPConfig, CommonConfig, SupervisedFFConfig
-from .errors import ConfigError, TrainingDiverged
+from .errors import CheckpointError, ConfigError, TrainingDiverged
 from .negatives import hard_wrong_labels, overlay_label, uniform_wrong_labels
 from .nets import CNN, FFNet, SoftmaxHead, mlp
 
@@ -169,6 +169,9 @@ def fit(cfg: Any, out: str, *, recipe: str | None = None, resume: bool = False,
         for k, opt in task.optimizers.items():
             opt.load_state_dict(state["optimizers"][k])
         start_epoch, wall = int(state["epoch"]), float(state["wall_time_s"])
+        if start_epoch >= cfg.epochs:
+            raise CheckpointError(f"{out} already finished all {cfg.epochs} epochs; nothing to resume "
+                                  f"(evaluate it with `fflab eval {out}`)")
         run.truncate_metrics(start_epoch)
         log(f"resuming {out} after epoch {start_epoch}")
 
