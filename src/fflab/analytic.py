@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from .layers import FFDense, normalize
+from .layers import FFDense, fp32_accum, normalize
 from .nets import FFNet
 
 _SIGN = {"ssq": 1.0, "min_ssq": -1.0, "mean_ssq": 1.0}
@@ -31,7 +31,7 @@ def supports(net: FFNet) -> bool:
 
 def _local_dz(layer: FFDense, h: torch.Tensor, b_pos: int) -> tuple[torch.Tensor, torch.Tensor]:
     """dL/dz of the layer's own loss for activities h = relu(z) of [positives; negatives], and the loss."""
-    hf = h.float() if h.dtype in (torch.bfloat16, torch.float16) else h
+    hf = fp32_accum(h)
     b_neg = hf.shape[0] - b_pos
     bs = layer.block_size or layer.num_units
     n = bs if layer.goodness_name == "mean_ssq" else 1

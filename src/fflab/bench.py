@@ -16,7 +16,7 @@ from typing import Any, Callable
 import torch
 
 from .config import BPConfig, SupervisedFFConfig
-from .train import build_task, ff_predict
+from .train import build_task, ff_predict, resolve_device
 
 
 def _timeit(fn: Callable[[], Any], *, reps: int, warmup: int = 1) -> list[float]:
@@ -70,8 +70,7 @@ def _synthetic(n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor
 
 def train_throughput(cfg: Any, *, steps: int, reps: int) -> dict[str, float]:
     """Images per second of the real training step (synthetic MNIST-shaped data)."""
-    device = torch.device("cpu") if cfg.device == "auto" and not torch.cuda.is_available() else \
-        torch.device("cuda" if cfg.device == "auto" else cfg.device)
+    device = resolve_device(cfg.device)
     task = build_task(cfg, device)
     task.train(True)
     b = cfg.batch_size
@@ -88,7 +87,7 @@ def train_throughput(cfg: Any, *, steps: int, reps: int) -> dict[str, float]:
 
 
 def eval_throughput(cfg: SupervisedFFConfig, *, n: int, reps: int) -> dict[str, dict[str, float]]:
-    device = torch.device("cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu")
+    device = resolve_device(cfg.device)
     task = build_task(cfg, device)
     task.train(False)
     net, head = task.modules["net"], task.modules["head"]

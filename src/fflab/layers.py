@@ -15,14 +15,19 @@ from torch import nn
 from .goodness import default_threshold, ff_loss, get_goodness
 
 
+def fp32_accum(h: torch.Tensor) -> torch.Tensor:
+    """``h`` in fp32 if it is bf16/fp16 (sums of 2000 squares need fp32 accumulation), else as is
+    (so float64 nets stay float64)."""
+    return h.float() if h.dtype in (torch.bfloat16, torch.float16) else h
+
+
 def normalize(h: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """Length normalization without mean subtraction: ``h / (eps + rms(h))``. (B, D) -> (B, D).
 
     The official code divides by the root mean square, so a normalized vector has mean square 1
     whatever its width; the next layer's fan-in scaling then needs no width correction.
     """
-    if h.dtype in (torch.bfloat16, torch.float16):
-        h = h.float()  # in bf16 runs the norm of 2000 squares needs fp32 accumulation
+    h = fp32_accum(h)
     return h / (eps + h.square().mean(-1, keepdim=True).sqrt())
 
 
@@ -54,9 +59,7 @@ class FFLayer(nn.Module):
 
     def goodness(self, h: torch.Tensor) -> torch.Tensor:
         """(B, D) -> (B,)."""
-        if h.dtype in (torch.bfloat16, torch.float16):
-            h = h.float()  # sums of 2000 squares need fp32 accumulation
-        return get_goodness(self.goodness_name)(h)
+        return get_goodness(self.goodness_name)(fp32_accum(h))
 
     def block_goodness(self, h: torch.Tensor) -> torch.Tensor:
         """(B, D) -> (B, D // block_size) goodness of each block, or (B,) without blocks."""
