@@ -39,12 +39,14 @@ def test_same_seed_same_numbers(tmp_path, tiny_mnist):
     assert a["test_error_goodness"] == b["test_error_goodness"]
 
 
-def test_resume_equals_uninterrupted(tmp_path, tiny_mnist):
-    full = fit(small_cfg(), str(tmp_path / "full"), progress=False, log=lambda s: None)
-    part = fit(small_cfg(), str(tmp_path / "part"), progress=False, log=lambda s: None, stop_after_epoch=1)
+@pytest.mark.parametrize("extra", [{}, {"neutral_every": 3, "engine": "fused"}])
+def test_resume_equals_uninterrupted(tmp_path, tiny_mnist, extra):
+    # neutral_every > 1 keeps cached per-image probabilities, which must survive the checkpoint too
+    full = fit(small_cfg(**extra), str(tmp_path / "full"), progress=False, log=lambda s: None)
+    part = fit(small_cfg(**extra), str(tmp_path / "part"), progress=False, log=lambda s: None, stop_after_epoch=1)
     assert part == {"interrupted_after_epoch": 1}
     assert not (tmp_path / "part" / "results.json").exists()
-    resumed = fit(small_cfg(), str(tmp_path / "part"), resume=True, progress=False, log=lambda s: None)
+    resumed = fit(small_cfg(**extra), str(tmp_path / "part"), resume=True, progress=False, log=lambda s: None)
     for k in ("test_error_goodness", "test_error_onepass", "train_error_goodness"):
         assert resumed[k] == full[k]
     a = runs.read_metrics(tmp_path / "full")
@@ -116,3 +118,34 @@ def test_resume_of_finished_run_is_a_clear_error(tmp_path, tiny_mnist):
     fit(small_cfg(epochs=1), str(tmp_path / "r"), progress=False, log=lambda s: None)
     with pytest.raises(CheckpointError, match="already finished"):
         fit(small_cfg(epochs=1), str(tmp_path / "r"), resume=True, progress=False, log=lambda s: None)
+
+
+@pytest.mark.parametrize("engine", ["fused", "analytic", "autograd"])
+def test_neutral_every_skips_the_neutral_pass_and_uses_cached_probabilities(engine, monkeypatch):
+    from fflab import train
+    cfg = small_cfg(neutral_every=3, engine=engine)
+    task = train.build_task(cfg, torch.device("cpu"))
+    head = task.modules["head"]
+    seen = []
+    real = train.hard_wrong_labels
+    monkeypatch.setattr(train, "hard_wrong_labels", lambda p, y, generator: seen.append(p.clone()) or real(p, y, generator=generator))
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(6, 784), torch.arange(6) % 10
+    idx = torch.arange(6)
+    changed = []
+    for _ in range(4):
+        before = head.linear.weight.clone()
+        task.step(x, y, g, idx)
+        changed.append(not torch.equal(before, head.linear.weight))
+    # the head learns only on neutral steps (1st and 4th); the others reuse the 1st step's probabilities
+    assert changed == [True, False, False, True]
+    assert torch.equal(seen[1], seen[0]) and torch.equal(seen[2], seen[0])
+    assert not torch.equal(seen[3], seen[0])   # refreshed by the 4th (neutral) step
+    # images never in a neutral step draw from uniform probabilities
+    assert torch.allclose(task.get_state()["neg_probs"][:6], seen[3])
+
+
+def test_neutral_every_must_be_positive():
+    from fflab import train
+    with pytest.raises(ConfigError, match="neutral_every"):
+        train.build_task(small_cfg(neutral_every=0), torch.device("cpu"))

@@ -75,11 +75,13 @@ def train_throughput(cfg: Any, *, steps: int, reps: int) -> dict[str, float]:
     task.train(True)
     b = cfg.batch_size
     x, y = _synthetic(steps * b, device)
+    idx = torch.arange(steps * b, device=device)   # training-set indices (per-image caches)
     g = torch.Generator(device=device).manual_seed(0)
 
     def run() -> None:
         for i in range(steps):
-            task.step(x[i * b:(i + 1) * b], y[i * b:(i + 1) * b], g)
+            sl = slice(i * b, (i + 1) * b)
+            task.step(x[sl], y[sl], g, idx[sl])
         if device.type == "cuda":
             torch.cuda.synchronize()
 
@@ -102,24 +104,28 @@ def eval_throughput(cfg: SupervisedFFConfig, *, n: int, reps: int) -> dict[str, 
 
 def run_benchmark(hidden: tuple[int, ...] = (1000, 1000, 1000), *, batch_size: int = 100,
                   dtype: str = "float32", negatives: str = "hard", steps: int = 30, reps: int = 5,
-                  device: str = "auto", engine: str = "auto", epoch_images: int = 60000) -> dict[str, Any]:
+                  device: str = "auto", engine: str = "auto", neutral_every: int = 1,
+                  epoch_images: int = 60000) -> dict[str, Any]:
     """All five measurements of issue 3 for one network; returns a JSON-able dict."""
     from .runs import environment
     sizes = [784, *hidden]
     macs = forward_macs(sizes)
     ff_cfg = SupervisedFFConfig(hidden=hidden, batch_size=batch_size, dtype=dtype, negatives=negatives,
-                                device=device, engine=engine)
+                                device=device, engine=engine, neutral_every=neutral_every)
     bp_cfg = BPConfig(hidden=hidden, batch_size=batch_size, dtype=dtype, device=device)
     res: dict[str, Any] = {"env": environment(), "hidden": list(hidden), "batch_size": batch_size,
-                           "dtype": dtype, "negatives": negatives, "engine": engine, "steps": steps, "reps": reps}
+                           "dtype": dtype, "negatives": negatives, "engine": engine, "neutral_every": neutral_every,
+                           "steps": steps, "reps": reps}
     res["matmul_gflops"] = {
         "float32": matmul_throughput(sizes, batch_size, torch.float32, reps=reps),
         "bfloat16": matmul_throughput(sizes, batch_size, torch.bfloat16, reps=reps)}
     ff = train_throughput(ff_cfg, steps=steps, reps=reps)
-    # needed products per image: neutral + positive + negative forward, 2 weight gradients;
-    # the fused engine needs the first layer's image product once forward and once for its update
+    # needed products per image: neutral (on 1 step in neutral_every) + positive + negative forward,
+    # 2 weight gradients; the fused engine needs the first layer's image product once forward and
+    # once for its update
     first = sizes[0] * sizes[1]
-    ff_flops_per_image = 2 * (5 * macs if engine != "fused" else 2 * first + 5 * (macs - first))
+    per_layer = 4 + 1 / neutral_every
+    ff_flops_per_image = 2 * (per_layer * macs if engine != "fused" else 2 * first + per_layer * (macs - first))
     res["ff_train"] = {"images_per_s": ff, "ms_per_epoch": epoch_images / ff["median"] * 1e3,
                        "gflops": ff["median"] * ff_flops_per_image / 1e9,
                        "flops_per_image": ff_flops_per_image}
@@ -146,7 +152,7 @@ def format_table(res: dict[str, Any]) -> str:
 
     rows = [
         f"fflab bench: hidden {res['hidden']} batch {res['batch_size']} dtype {res['dtype']} "
-        f"negatives {res['negatives']} engine {res['engine']} ({res['steps']} steps x {res['reps']} reps, median [min-max])",
+        f"negatives {res['negatives']} engine {res['engine']} neutral_every {res.get('neutral_every', 1)} ({res['steps']} steps x {res['reps']} reps, median [min-max])",
         f"hardware: {env['cpu']} | {env['cpu_count']} CPUs, {env['torch_threads']} torch threads"
         + (f" | GPU {env['gpu']}" if env.get("gpu") else ""),
         f"versions: torch {env['torch']}, python {env['python']}, fflab {env['fflab']}",

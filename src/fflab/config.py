@@ -53,6 +53,8 @@ class SupervisedFFConfig(CommonConfig):
     block_size: int = 0                   # block goodness (paper section 7): units per block, 0 = whole layer
     engine: str = "auto"                  # auto (= analytic when the net allows) | analytic | fused | autograd
                                           # fused: analytic + one shared first-layer image product
+    neutral_every: int = 1                # run the neutral-label pass on every k-th step only; other steps
+                                          # draw hard negatives from each image's cached probabilities
 
 
 @dataclass(frozen=True)

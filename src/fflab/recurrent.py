@@ -291,7 +291,7 @@ def recurrent_ff_task(cfg: RecurrentFFConfig, device: torch.device) -> Task:
     head_opt = make_optimizer(head.parameters(), name=cfg.optimizer, lr=cfg.head_lr, momentum=cfg.momentum,
                               weight_decay=cfg.head_weight_decay)
 
-    def step(x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    def step(x: torch.Tensor, y: torch.Tensor, g: torch.Generator, idx: torch.Tensor | None = None) -> torch.Tensor:
         if cfg.jitter:
             x = jitter(x, cfg.jitter, generator=g)
         b = x.shape[0]

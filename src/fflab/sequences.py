@@ -326,7 +326,7 @@ def sequence_ff_task(cfg: SequenceFFConfig, device: torch.device) -> Task:
                        layers=layers, dtype=cfg.dtype)
         return encode_cases(*contexts(seq))
 
-    def step(x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    def step(x: torch.Tensor, y: torch.Tensor, g: torch.Generator, idx: torch.Tensor | None = None) -> torch.Tensor:
         if "updates" not in counter:  # first step of this process (after a resume: the saved count)
             counter["updates"] = int(clock.updates)
         update = counter["updates"]
@@ -387,7 +387,7 @@ def sequence_bp_task(cfg: SequenceBPConfig, device: torch.device) -> Task:
     model = NextCharMLP(cfg.hidden).to(device)
     opt = _optimizer(model.parameters(), cfg)
 
-    def step(x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    def step(x: torch.Tensor, y: torch.Tensor, g: torch.Generator, idx: torch.Tensor | None = None) -> torch.Tensor:
         ctx, nxt = contexts(x)
         return bp_step(model, opt, ctx, nxt, device, cfg.dtype)
 
@@ -417,7 +417,7 @@ def fast_learning_task(cfg: FastLearningConfig, device: torch.device) -> Task:
     opt = make_optimizer(net.parameters(), name="sgd", lr=0.0, momentum=0.0, weight_decay=0.0)
     evaluations: list[dict] = []
 
-    def step(x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    def step(x: torch.Tensor, y: torch.Tensor, g: torch.Generator, idx: torch.Tensor | None = None) -> torch.Tensor:
         return torch.zeros((), device=device)
 
     def evaluate(x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:

@@ -113,11 +113,19 @@ class Task:
     modules: dict[str, nn.Module]
     optimizers: dict[str, torch.optim.Optimizer]
     base_lrs: dict[str, float]
-    step: Callable[[torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
+    # step(x, y, g, idx): one update on images x, labels y; idx are their training-set indices
+    # (None when the caller has none, e.g. benchmarks on synthetic data).
+    step: Callable[..., torch.Tensor]
     evaluate: Callable[[torch.Tensor, torch.Tensor], dict[str, float]]
     # Optional end-of-run extras (e.g. goodness histograms) written into the run folder.
     finalize: Callable[[runs.Run, dict[str, torch.Tensor]], None] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # Training state that is not a module or an optimizer (e.g. cached per-image probabilities):
+    # saved in state.pt at every checkpoint and restored on resume. Tensors and plain values only.
+    get_state: Callable[[], dict[str, Any]] | None = None
+    # Called by ``fit`` once the data are loaded (before any step), e.g. to size per-image caches.
+    setup: Callable[[dict[str, torch.Tensor]], None] | None = None
+    set_state: Callable[[dict[str, Any]], None] | None = None
 
     def train(self, mode: bool = True) -> None:
         for m in self.modules.values():
@@ -161,6 +169,8 @@ def fit(cfg: Any, out: str, *, recipe: str | None = None, resume: bool = False,
     device = resolve_device(cfg.device)
     data = load_data(cfg, device, data_dir)
     task = build_task(cfg, device)
+    if task.setup is not None:
+        task.setup(data)
     run = runs.Run(out, cfg, recipe=recipe, resume=resume)
     start_epoch, wall = 0, 0.0
     if resume:
@@ -169,6 +179,8 @@ def fit(cfg: Any, out: str, *, recipe: str | None = None, resume: bool = False,
         for k, opt in task.optimizers.items():
             opt.load_state_dict(state["optimizers"][k])
         start_epoch, wall = int(state["epoch"]), float(state["wall_time_s"])
+        if task.set_state is not None and "task" in state:
+            task.set_state({k: v.to(device) if torch.is_tensor(v) else v for k, v in state["task"].items()})
         if start_epoch >= cfg.epochs:
             raise CheckpointError(f"{out} already finished all {cfg.epochs} epochs; nothing to resume "
                                   f"(evaluate it with `fflab eval {out}`)")
@@ -194,7 +206,7 @@ def fit(cfg: Any, out: str, *, recipe: str | None = None, resume: bool = False,
                    disable=not progress, mininterval=0.5)
         for i in bar:
             idx = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-            loss = task.step(x_train[idx], y_train[idx], g)
+            loss = task.step(x_train[idx], y_train[idx], g, idx)
             loss_sum += loss
             if progress and i % 100 == 99:  # .item() syncs: only when we show it
                 bar.set_postfix(loss=f"{loss_sum.item() / (i + 1):.4f}")
@@ -213,9 +225,11 @@ def fit(cfg: Any, out: str, *, recipe: str | None = None, resume: bool = False,
                 x_train[train_eval_idx], y_train[train_eval_idx]).items()})
         run.log(metrics)
         log(format_metrics(metrics))
-        run.save_checkpoint(task.modules, {
-            "epoch": epoch + 1, "wall_time_s": wall,
-            "optimizers": {k: o.state_dict() for k, o in task.optimizers.items()}})
+        state = {"epoch": epoch + 1, "wall_time_s": wall,
+                 "optimizers": {k: o.state_dict() for k, o in task.optimizers.items()}}
+        if task.get_state is not None:
+            state["task"] = task.get_state()
+        run.save_checkpoint(task.modules, state)
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < cfg.epochs:
             return {"interrupted_after_epoch": epoch + 1}
 
@@ -297,41 +311,72 @@ def supervised_ff_task(cfg: SupervisedFFConfig, device: torch.device) -> Task:
     engine = cfg.engine if cfg.engine != "auto" else ("analytic" if analytic.supports(net) else "autograd")
     analytic_dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else None
 
-    def sample_negatives(logits: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    if cfg.neutral_every < 1:
+        raise ConfigError(f"neutral_every={cfg.neutral_every} must be >= 1")
+    # Per-image hard-negative probabilities from the last neutral pass that saw the image
+    # (uniform until then). Only used when neutral_every > 1; grown to the training-set size.
+    cache = {"probs": torch.empty(0, num_classes, device=device), "step": 0, "sized": False}
+
+    def setup(data: dict[str, torch.Tensor]) -> None:
+        cached_probs(None, data["x_train"].shape[0])
+        cache["sized"] = True
+
+    def cached_probs(idx: torch.Tensor | None, need: int = 0) -> torch.Tensor:
+        probs = cache["probs"]
+        if idx is not None and not cache["sized"]:   # step() called outside fit: size from the indices
+            need = int(idx.max()) + 1
+        if need > probs.shape[0]:
+            grown = torch.full((need, num_classes), 1.0 / num_classes, device=device)
+            grown[: probs.shape[0]] = probs
+            cache["probs"] = probs = grown
+        return probs
+
+    def sample_negatives(probs: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         if cfg.negatives == "hard":
-            return hard_wrong_labels(logits.detach().softmax(1), y, generator=g)
+            return hard_wrong_labels(probs, y, generator=g)
         return uniform_wrong_labels(y, num_classes, generator=g)
 
-    def step(x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    def step(x: torch.Tensor, y: torch.Tensor, g: torch.Generator, idx: torch.Tensor | None = None) -> torch.Tensor:
         if cfg.jitter:
             x = jitter(x, cfg.jitter, generator=g)
         b = x.shape[0]
+        # The neutral pass trains the one-pass softmax head and gives the hard-negative probabilities.
+        # With neutral_every = k > 1 it runs on every k-th step only (the images of the other steps use
+        # probabilities cached when they were last in a neutral step): 4 instead of 5 forward-equivalents.
+        stale = cfg.neutral_every > 1 and idx is not None and cache["step"] % cfg.neutral_every != 0
+        cache["step"] += 1
         opt.zero_grad(set_to_none=True)
         head_opt.zero_grad(set_to_none=True)
-        if engine == "fused":
-            # One first-layer image product shared by the neutral, positive and negative passes.
-            li = analytic.LabelledInput(net, x, num_classes, dtype=analytic_dtype)
-            logits = head(net.features(li.forward(None), layers))
-            head_loss = F.cross_entropy(logits, y)
-            loss = li.ff_backward(y, sample_negatives(logits, y, g))
-            head_loss.backward()
+        head_loss = None
+        li = analytic.LabelledInput(net, x, num_classes, dtype=analytic_dtype) if engine == "fused" else None
+        if stale:
+            probs = cached_probs(idx)[idx]
         else:
-            # Neutral pass: trains the one-pass softmax head and supplies hard-negative probabilities.
-            with torch.no_grad(), autocast(device, cfg.dtype):
-                feats = net.features(net(overlay_label(x, None, num_classes)), layers)
-            logits = head(feats)
+            if li is not None:  # one first-layer image product shared by all three passes
+                hs = li.forward(None)
+            else:
+                with torch.no_grad(), autocast(device, cfg.dtype):
+                    hs = net(overlay_label(x, None, num_classes))
+            logits = head(net.features(hs, layers))
             head_loss = F.cross_entropy(logits, y)
-            y_neg = sample_negatives(logits, y, g)
+            probs = logits.detach().softmax(1)
+            if cfg.neutral_every > 1 and idx is not None:
+                cached_probs(idx)[idx] = probs.float()
+        y_neg = sample_negatives(probs, y, g)
+        if li is not None:
+            loss = li.ff_backward(y, y_neg)
+        else:
             # Positive and negative passes as one batched product per layer.
             x_pn = torch.cat([overlay_label(x, y, num_classes), overlay_label(x, y_neg, num_classes)])
             if engine == "analytic":  # same gradients as autograd (tests/test_analytic.py), less overhead
                 loss, _ = analytic.ff_backward(net, x_pn, b, dtype=analytic_dtype)
-                head_loss.backward()
             else:
                 with autocast(device, cfg.dtype):
                     hs = net(x_pn)
                 loss = torch.stack(net.local_losses([h[:b] for h in hs], [h[b:] for h in hs])).sum()
-                (loss + head_loss).backward()
+                loss.backward()
+        if head_loss is not None:
+            head_loss.backward()
         opt.step()
         head_opt.step()
         return loss.detach()
@@ -343,9 +388,13 @@ def supervised_ff_task(cfg: SupervisedFFConfig, device: torch.device) -> Task:
     def finalize(run: runs.Run, data: dict[str, torch.Tensor]) -> None:
         save_goodness_samples(run, net, data["x_test"][:2000], data["y_test"][:2000], num_classes)
 
+    def set_state(state: dict[str, Any]) -> None:
+        cache.update(probs=state["neg_probs"], step=int(state["step"]))
+
     return Task(modules={"net": net, "head": head}, optimizers={"net": opt, "head": head_opt},
                 base_lrs={"net": cfg.lr, "head": cfg.head_lr}, step=step, evaluate=evaluate,
-                finalize=finalize)
+                finalize=finalize, setup=setup, get_state=lambda: {"neg_probs": cache["probs"].cpu(), "step": cache["step"]},
+                set_state=set_state)
 
 
 @torch.no_grad()
@@ -395,7 +444,7 @@ def bp_task(cfg: BPConfig, device: torch.device) -> Task:
     model = model.to(device)
     opt = make_optimizer(model.parameters(), name=cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum,
                          weight_decay=cfg.weight_decay)
-    def step(x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    def step(x: torch.Tensor, y: torch.Tensor, g: torch.Generator, idx: torch.Tensor | None = None) -> torch.Tensor:
         if cfg.jitter:
             x = jitter(x, cfg.jitter, generator=g)
         return bp_step(model, opt, x, y, device, cfg.dtype)

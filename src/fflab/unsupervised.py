@@ -171,7 +171,7 @@ def unsupervised_ff_task(cfg: UnsupervisedFFConfig, device: torch.device) -> Tas
     head_opt = make_optimizer(head_params, name=cfg.optimizer, lr=cfg.readout_lr, momentum=cfg.momentum,
                               weight_decay=cfg.readout_weight_decay)
 
-    def step(x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    def step(x: torch.Tensor, y: torch.Tensor, g: torch.Generator, idx: torch.Tensor | None = None) -> torch.Tensor:
         b = x.shape[0]
         if b < 2:  # a hybrid needs two different images (only a last batch of 1 can be this small)
             return torch.zeros((), device=x.device)

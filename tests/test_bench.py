@@ -1,0 +1,19 @@
+import json
+
+from fflab.bench import format_table, run_benchmark
+
+
+def test_bench_reports_every_measurement_and_counts_skipped_neutral_passes():
+    kw = dict(hidden=(16, 16), batch_size=8, steps=2, reps=1, device="cpu", engine="fused", epoch_images=80)
+    every = run_benchmark(**kw)
+    sparse = run_benchmark(**kw, neutral_every=4)
+    for res in (every, sparse):
+        json.dumps(res)  # --json must be able to write it
+        assert res["ff_train"]["images_per_s"]["median"] > 0 and res["bp_train"]["images_per_s"]["median"] > 0
+        assert res["ff_over_bp_time_per_epoch"] > 0
+        assert set(res["eval_images_per_s"]) == {"per_label", "one_pass"}
+    # a neutral pass on 1 step in 4 needs fewer products per image
+    first, rest = 784 * 16, 16 * 16
+    assert every["ff_train"]["flops_per_image"] == 2 * (2 * first + 5 * rest)
+    assert sparse["ff_train"]["flops_per_image"] == 2 * (2 * first + 4.25 * rest)
+    assert "neutral_every 4" in format_table(sparse)
