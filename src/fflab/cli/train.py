@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import time
 from pathlib import Path
 
@@ -18,7 +19,8 @@ def add_parser(sub) -> None:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
     p.add_argument("--quick", action="store_true", help="tiny smoke-test version of the recipe")
     p.add_argument("--data-dir", help="folder holding the dataset files (else $FFLAB_DATA_DIR, cache, download)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (one line per epoch only)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (one line per epoch only); automatic when stderr is not a terminal")
     p.set_defaults(func=run)
 
 
@@ -50,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"recipe {recipe_name} -> {out}")
     print(dumps(cfg))
     results = fit(cfg, out, recipe=recipe_name, resume=bool(args.resume), data_dir=args.data_dir,
-                  progress=not args.no_progress)
+                  # a bar redrawn with carriage returns only clutters a log file
+                  progress=not args.no_progress and sys.stderr.isatty())
     print("results:", " | ".join(f"{k} {100 * v:.2f}%" for k, v in results.items() if "error" in k and "test" in k))
     print(f"wall time {results['wall_time_s']:.0f}s; run folder {out}")
     return 0
