@@ -24,12 +24,13 @@ def naive_local(layer: FFLocal, x: torch.Tensor) -> torch.Tensor:
     return out.reshape(img.shape[0], -1)   # channel-major (U, H_out, W_out)
 
 
+@pytest.mark.parametrize("impl", ["dense", "bmm"])
 @pytest.mark.parametrize("in_shape,patch,stride,padding", [
     ((1, 6, 6), 3, 1, 0), ((1, 6, 6), 3, 2, 1), ((2, 7, 5), 3, 2, 1), ((3, 6, 6), 4, 1, 2),
 ])
-def test_matches_naive_reference(in_shape, patch, stride, padding):
+def test_matches_naive_reference(in_shape, patch, stride, padding, impl):
     torch.manual_seed(0)
-    layer = FFLocal(in_shape, 2, patch, stride=stride, padding=padding).double()
+    layer = FFLocal(in_shape, 2, patch, stride=stride, padding=padding, impl=impl).double()
     with torch.no_grad():
         layer.bias.normal_()   # nonzero bias so the test sees it
     x = torch.randn(4, *in_shape, dtype=torch.float64)
@@ -80,9 +81,10 @@ def test_gradients_only_to_own_parameters():
     assert upper.bias.grad is not None
 
 
-def test_weight_gradient_matches_naive():
+@pytest.mark.parametrize("impl", ["dense", "bmm"])
+def test_weight_gradient_matches_naive(impl):
     torch.manual_seed(1)
-    layer = FFLocal((2, 5, 5), 2, 3, stride=2, padding=1).double()
+    layer = FFLocal((2, 5, 5), 2, 3, stride=2, padding=1, impl=impl).double()
     x_pos = torch.randn(3, 50, dtype=torch.float64)
     x_neg = torch.randn(3, 50, dtype=torch.float64)
     layer.local_loss(layer(x_pos), layer(x_neg)).backward()
@@ -90,6 +92,23 @@ def test_weight_gradient_matches_naive():
     layer.weight.grad = None
     layer.local_loss(naive_local(layer, x_pos), naive_local(layer, x_neg)).backward()
     torch.testing.assert_close(g_fast, layer.weight.grad)
+    assert g_fast.abs().sum() > 0
+
+
+def test_dense_and_bmm_paths_agree_and_share_state_dicts():
+    torch.manual_seed(2)
+    dense = FFLocal((1, 28, 28), 10, 11, stride=2, padding=5, impl="dense")
+    bmm = FFLocal((1, 28, 28), 10, 11, stride=2, padding=5, impl="bmm")
+    bmm.load_state_dict(dense.state_dict())   # same parameters, no index buffers in the state dict
+    assert set(dense.state_dict()) == set(bmm.state_dict())
+    x = torch.rand(6, 784)
+    torch.testing.assert_close(dense(x), bmm(x), atol=1e-5, rtol=1e-5)
+    for layer in (dense, bmm):
+        layer(x).square().sum().backward()
+    torch.testing.assert_close(dense.weight.grad, bmm.weight.grad, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(dense.bias.grad, bmm.bias.grad, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="impl"):
+        FFLocal((1, 6, 6), 2, 3, impl="conv")
 
 
 def test_local_loss_and_peer_normalization():

@@ -76,6 +76,7 @@ class UnsupervisedFFConfig(CommonConfig):
     patch: tuple[int, ...] = _per_layer("patch")
     stride: tuple[int, ...] = _per_layer("stride")
     padding: tuple[int, ...] = _per_layer("padding")
+    local_impl: str = "dense"                 # dense (one masked GEMM, faster on CPU) | bmm (per-location GEMMs)
     goodness: str = "ssq"                     # ssq | min_ssq | mean_ssq
     threshold: float | None = None            # None: mean-square 1 per unit (official code)
     peer_norm: float = 0.0                    # official code 0.03; the paper's local model uses it
@@ -111,7 +112,7 @@ def build_net(cfg: UnsupervisedFFConfig) -> FFNet:
         for i in range(n.pop()):
             try:
                 layer = FFLocal(shape, cfg.units_per_location[i], cfg.patch[i], stride=cfg.stride[i],
-                                padding=cfg.padding[i], **objective)
+                                padding=cfg.padding[i], impl=cfg.local_impl, **objective)
             except ValueError as e:
                 raise ConfigError(f"local layer {i}: {e}") from None
             layers.append(layer)
