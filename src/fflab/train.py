@@ -123,9 +123,9 @@ class Task:
     # Training state that is not a module or an optimizer (e.g. cached per-image probabilities):
     # saved in state.pt at every checkpoint and restored on resume. Tensors and plain values only.
     get_state: Callable[[], dict[str, Any]] | None = None
+    set_state: Callable[[dict[str, Any]], None] | None = None
     # Called by ``fit`` once the data are loaded (before any step), e.g. to size per-image caches.
     setup: Callable[[dict[str, torch.Tensor]], None] | None = None
-    set_state: Callable[[dict[str, Any]], None] | None = None
 
     def train(self, mode: bool = True) -> None:
         for m in self.modules.values():
@@ -318,8 +318,9 @@ def supervised_ff_task(cfg: SupervisedFFConfig, device: torch.device) -> Task:
     cache = {"probs": torch.empty(0, num_classes, device=device), "step": 0, "sized": False}
 
     def setup(data: dict[str, torch.Tensor]) -> None:
-        cached_probs(None, data["x_train"].shape[0])
-        cache["sized"] = True
+        if cfg.neutral_every > 1:   # no cache (nor its bytes in every checkpoint) when unused
+            cached_probs(None, data["x_train"].shape[0])
+            cache["sized"] = True
 
     def cached_probs(idx: torch.Tensor | None, need: int = 0) -> torch.Tensor:
         probs = cache["probs"]
