@@ -110,27 +110,44 @@ class LabelledInput:
         self.sq = self.img.square().sum(1)                     # (B,) squared length of the image part
         # Cast once per step: the neutral and the positive/negative passes share these copies.
         self.weights = [_cast(layer.weight, dtype) for layer in net.layers]
-        self.P = torch.mm(_cast(self.img, dtype), self.weights[0].t()).to(x.dtype)   # (B, out0)
+        self.img_c = _cast(self.img, dtype)
+        self.P = torch.mm(self.img_c, self.weights[0].t()).to(x.dtype)   # (B, out0)
+        # The label columns as rows (C, out0): gathering rows is contiguous, columns of W are strided.
+        self.label_rows = net.layers[0].weight[:, :num_classes].t().contiguous()
 
     def _rms(self, label_sq: float) -> torch.Tensor:
         return self.net.eps + ((self.sq + label_sq) / self.img.shape[1]).sqrt()  # (B,)
 
     def first_z(self, labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """First-layer pre-activation for one-hot ``labels`` (B,), or the neutral label if None."""
-        w0, b0 = self.net.layers[0].weight, self.net.layers[0].bias
+        b0 = self.net.layers[0].bias
         C = self.num_classes
         if labels is None:
             r = self._rms(C * 0.1 ** 2)
-            z = (self.P + 0.1 * w0[:, :C].sum(1)) / r[:, None] + b0
+            z = (self.P + 0.1 * self.label_rows.sum(0)) / r[:, None] + b0
         else:
             r = self._rms(1.0)
-            z = (self.P + w0[:, labels].t()) / r[:, None] + b0
+            z = (self.P + self.label_rows[labels]) / r[:, None] + b0
         return z, r
 
     @torch.no_grad()
     def forward(self, labels: torch.Tensor | None) -> list[torch.Tensor]:
         """Activities of every layer, equal to ``net(overlay_label(x, labels))``."""
-        h = self.first_z(labels)[0].relu_()
+        return self._upper(self.first_z(labels)[0].relu_())
+
+    @torch.no_grad()
+    def forward_each_label(self) -> list[torch.Tensor]:
+        """Activities of every layer for every one-hot label, rows label-major (C*B, D): equal to
+        ``net(overlay_label(x.repeat(C, 1), arange(C).repeat_interleave(B)))``, the per-label
+        evaluation of section 3.3, with one first-layer image product instead of C."""
+        C, B = self.num_classes, self.img.shape[0]
+        b0 = self.net.layers[0].bias
+        r = self._rms(1.0)
+        z = (self.P.unsqueeze(0) + self.label_rows.unsqueeze(1)) / r[None, :, None] + b0   # (C, B, out0)
+        return self._upper(z.reshape(C * B, -1).relu_())
+
+    def _upper(self, h: torch.Tensor) -> list[torch.Tensor]:
+        """Given the first layer's activities, those of every layer (the layers above share no work)."""
         hs = [h]
         for layer, wc in zip(self.net.layers[1:], self.weights[1:]):
             xin = _cast(normalize(h, self.net.eps), self.dtype)
@@ -149,7 +166,7 @@ class LabelledInput:
         dz, total = _local_dz(layer0, h, b)
         dz_r = dz / torch.cat([r, r])[:, None]                # the input rows were divided by r
         w0 = layer0.weight
-        grad = torch.mm(_cast(dz_r[:b] + dz_r[b:], self.dtype).t(), _cast(self.img, self.dtype)).to(self.img.dtype)
+        grad = torch.mm(_cast(dz_r[:b] + dz_r[b:], self.dtype).t(), self.img_c).to(self.img.dtype)
         C = self.num_classes
         grad[:, :C] += dz_r[:b].t() @ torch.nn.functional.one_hot(y_pos, C).to(dz_r.dtype)
         grad[:, :C] += dz_r[b:].t() @ torch.nn.functional.one_hot(y_neg, C).to(dz_r.dtype)

@@ -265,14 +265,19 @@ def evaluate_run(run_dir: str, *, data_dir: str | None = None, split: str = "tes
 @torch.no_grad()
 def ff_predict(net: FFNet, head: SoftmaxHead | None, x: torch.Tensor, *, layers: list[int],
                per_label: bool, num_classes: int = 10, chunk: int = 1000,
-               dtype: str = "float32") -> dict[str, torch.Tensor]:
+               dtype: str = "float32", fused: bool = True) -> dict[str, torch.Tensor]:
     """Predictions by (a) per-label goodness and (b) one pass with the neutral label (section 3.3).
 
     (a) runs the net once per label and picks the label with the highest goodness summed over
     ``layers``; (b) feeds the neutral label and reads the softmax head.
     """
+    from . import analytic
     out: dict[str, list[torch.Tensor]] = {"goodness": [], "onepass": []}
     dev = x.device
+    # The label occupies the first pixels only, so dense nets share the first layer's image product
+    # across labels (analytic.LabelledInput); False: use the plain path.
+    fused_dtype = ({"float32": None, "bfloat16": torch.bfloat16}.get(dtype, False)
+                   if fused and analytic.supports(net) else False)
     for s in range(0, x.shape[0], chunk):
         xb = x[s:s + chunk]
         b = xb.shape[0]
@@ -280,9 +285,12 @@ def ff_predict(net: FFNet, head: SoftmaxHead | None, x: torch.Tensor, *, layers:
             if head is not None:
                 hs = net(overlay_label(xb, None, num_classes))
                 out["onepass"].append(head(net.features(hs, layers)).argmax(1))
-            if per_label:
+            if per_label and fused_dtype is not False:   # one image product for all C labels
+                hs = analytic.LabelledInput(net, xb, num_classes, dtype=fused_dtype).forward_each_label()
+            elif per_label:
                 labels = torch.arange(num_classes, device=dev).repeat_interleave(b)  # (C*b,)
                 hs = net(overlay_label(xb.repeat(num_classes, 1), labels, num_classes))
+            if per_label:
                 g = net.goodness(hs, layers).view(num_classes, b)
                 out["goodness"].append(g.argmax(0))
     return {k: torch.cat(v) for k, v in out.items() if v}

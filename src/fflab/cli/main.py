@@ -9,7 +9,7 @@ import sys
 from ..errors import FFLabError
 
 # Imported lazily so `fflab env` does not pay for what `fflab train` needs.
-SUBCOMMANDS = ["train", "eval", "recipes", "data", "plot", "bench", "env"]
+SUBCOMMANDS = ["train", "eval", "readout", "recipes", "data", "plot", "bench", "env"]
 
 
 def build_parser() -> argparse.ArgumentParser:
