@@ -171,3 +171,22 @@ def test_plots_read_local_run(tmp_path, tiny_mnist):
     fit(small_cfg(epochs=1, **SMALL_LOCAL), str(tmp_path / "r"), progress=False, log=lambda s: None)
     assert plot.plot_goodness(tmp_path / "r") is not None
     assert plot.plot_receptive_fields(tmp_path / "r", n=4) is not None   # 5x5 patches from config.json
+
+
+def test_dead_units_counts_units_never_active():
+    from fflab.nets import FFNet
+    from fflab.unsupervised import dead_units
+    torch.manual_seed(0)
+    net = FFNet.dense(784, [10, 8])
+    with torch.no_grad():
+        net.layers[0].bias[:4] = -1e6      # 4 of 10 units can never be active
+        net.layers[0].bias[4:] = 1e6       # the other 6 always are
+        net.layers[1].bias[:] = 1e6         # every unit of layer 2 always active
+    x = torch.rand(50, 784)
+    assert dead_units(net, x, chunk=16) == pytest.approx([0.4, 0.0])
+
+
+def test_evaluation_reports_dead_units(tmp_path, tiny_mnist):
+    res = fit(small_cfg(epochs=1), str(tmp_path / "r"), progress=False, log=lambda s: None)
+    for i in range(4):
+        assert 0.0 <= res[f"test_dead_units_layer{i}"] <= 1.0

@@ -54,7 +54,7 @@ from .local import MNIST_LOCAL_LAYERS, FFLocal
 from .nets import FFNet, SoftmaxHead
 from .train import Task, autocast, make_optimizer, register_task, write_goodness
 
-__all__ = ["UnsupervisedFFConfig", "build_net", "unsupervised_ff_task", "readout_predict",
+__all__ = ["UnsupervisedFFConfig", "build_net", "unsupervised_ff_task", "readout_predict", "dead_units",
            "save_hybrid_goodness_samples"]
 
 IMAGE_SHAPE = (1, 28, 28)   # MNIST and Fashion-MNIST: (C, H, W)
@@ -144,6 +144,23 @@ def readout_predict(net: FFNet, heads: dict[str, tuple[SoftmaxHead, list[int]]],
 
 
 @torch.no_grad()
+def dead_units(net: FFNet, x: torch.Tensor, *, chunk: int = 1000, dtype: str = "float32") -> list[float]:
+    """Per hidden layer, the fraction of units inactive (ReLU output 0) on every image of x.
+
+    A unit that is never active gets no FF gradient, so it never comes back; in the dense 4x2000
+    net most units of the upper layers die in the first few hundred steps at Adam lr 1e-3
+    (RESULTS.md), which is why every evaluation reports this.
+    """
+    ever: list[torch.Tensor] | None = None
+    for s in range(0, x.shape[0], chunk):
+        with autocast(x.device, dtype):
+            hs = net(x[s:s + chunk])
+        active = [h.reshape(h.shape[0], -1).gt(0).any(0) for h in hs]
+        ever = active if ever is None else [e | a for e, a in zip(ever, active)]
+    return [1.0 - e.float().mean().item() for e in ever or []]
+
+
+@torch.no_grad()
 def save_hybrid_goodness_samples(run: runs.Run, net: FFNet, x: torch.Tensor, *, blur_passes: int,
                                  seed: int = 0) -> None:
     """Per-layer goodness of real test images (positive) and of hybrids made from them (negative),
@@ -198,7 +215,9 @@ def unsupervised_ff_task(cfg: UnsupervisedFFConfig, device: torch.device) -> Tas
 
     def evaluate(x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         preds = readout_predict(net, heads, x, dtype=cfg.dtype)
-        return {f"error_{name}": (p != y).float().mean().item() for name, p in preds.items()}
+        out = {f"error_{name}": (p != y).float().mean().item() for name, p in preds.items()}
+        out.update({f"dead_units_layer{i}": f for i, f in enumerate(dead_units(net, x, dtype=cfg.dtype))})
+        return out
 
     def finalize(run: runs.Run, data: dict[str, torch.Tensor]) -> None:
         save_hybrid_goodness_samples(run, net, data["x_test"][:2000], blur_passes=cfg.blur_passes)
