@@ -35,7 +35,8 @@ Choices not stated in the paper:
 - A and B are different *images*, not necessarily of different classes (``pair_by_label=False``):
   requiring different classes would use labels in the unsupervised part. ``pair_by_label=True``
   is there for comparison.
-- Optimizer: Adam, lr 1e-3 for the FF layers and the readout (the paper gives none for this model).
+- Optimizer: Adam (the paper gives none for this model); the config default is lr 1e-3 for the FF
+  layers and the readout, the dense recipe uses 1e-4 for the FF layers (dead units, RESULTS.md).
 """
 from __future__ import annotations
 
