@@ -16,6 +16,7 @@ near 0% while test error stays flat. This module fits the readout again, once th
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -36,14 +37,9 @@ __all__ = ["extract_features", "fit_logistic", "ReadoutResult", "frozen_readout"
 def extract_features(net: FFNet, x: torch.Tensor, layers: Sequence[int], *, chunk: int = 1000,
                      dtype: str = "float32") -> torch.Tensor:
     """Normalized activities of ``layers`` for images x (N, ...): (N, sum of the layers' widths), fp32."""
-    from .train import autocast
+    from .unsupervised import forward_chunks
     net.eval()
-    out = []
-    for s in range(0, x.shape[0], chunk):
-        with autocast(x.device, dtype):
-            hs = net(x[s:s + chunk])
-        out.append(net.features(hs, layers).float())
-    return torch.cat(out)
+    return torch.cat([net.features(hs, layers).float() for hs in forward_chunks(net, x, chunk=chunk, dtype=dtype)])
 
 
 def fit_logistic(f: torch.Tensor, y: torch.Tensor, *, weight_decay: float, num_classes: int = 10,
@@ -82,7 +78,7 @@ class ReadoutResult:
     seconds: float
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return dataclasses.asdict(self)
 
 
 def frozen_readout(f_train: torch.Tensor, y_train: torch.Tensor, f_test: torch.Tensor, y_test: torch.Tensor,
@@ -111,16 +107,14 @@ def readout_run(run_dir: str, *, layers: Sequence[int] | None = None, weight_dec
                 val_size: int = 5000, max_iter: int = 300, data_dir: str | None = None) -> ReadoutResult:
     """Frozen readout for a finished unsupervised FF run folder; writes ``readout.json`` there
     (a list: one entry per layer set, replaced when the same set is fitted again)."""
-    from .train import build_task, load_data, resolve_device
+    from .train import load_data, load_run
     from .unsupervised import UnsupervisedFFConfig, _check_layers
 
     cfg, _ = runs.read_config(run_dir)
     if not isinstance(cfg, UnsupervisedFFConfig):
         raise ConfigError(f"{run_dir} is a {type(cfg).__name__} run; the frozen readout is for "
                           "unsupervised FF runs (UnsupervisedFFConfig)")
-    device = resolve_device(cfg.device)
-    task = build_task(cfg, device)
-    runs.load_model(Path(run_dir) / runs.MODEL_FILE, task.modules)
+    cfg, task, device = load_run(run_dir)
     net: FFNet = task.modules["net"]
     layers = _check_layers("layers", tuple(cfg.readout_layers if layers is None else layers), len(net.layers))
     data = load_data(cfg, device, data_dir)

@@ -250,12 +250,19 @@ def format_metrics(m: dict[str, Any]) -> str:
     return " | ".join(parts)
 
 
-def evaluate_run(run_dir: str, *, data_dir: str | None = None, split: str = "test") -> dict[str, float]:
-    """Rebuild a run's model from its folder (no code executed on load) and evaluate it."""
+def load_run(run_dir: str) -> tuple[Any, Task, torch.device]:
+    """A run folder's config and its task with the checkpointed weights (safetensors: no code
+    executed on load), on the config's device."""
     cfg, _ = runs.read_config(run_dir)
     device = resolve_device(cfg.device)
     task = build_task(cfg, device)
     runs.load_model(runs.Path(run_dir) / runs.MODEL_FILE, task.modules)
+    return cfg, task, device
+
+
+def evaluate_run(run_dir: str, *, data_dir: str | None = None, split: str = "test") -> dict[str, float]:
+    """Rebuild a run's model from its folder (no code executed on load) and evaluate it."""
+    cfg, task, device = load_run(run_dir)
     task.train(False)
     data = load_data(cfg, device, data_dir)
     return task.evaluate(data[f"x_{split}"], data[f"y_{split}"])
@@ -285,12 +292,12 @@ def ff_predict(net: FFNet, head: SoftmaxHead | None, x: torch.Tensor, *, layers:
             if head is not None:
                 hs = net(overlay_label(xb, None, num_classes))
                 out["onepass"].append(head(net.features(hs, layers)).argmax(1))
-            if per_label and fused_dtype is not False:   # one image product for all C labels
-                hs = analytic.LabelledInput(net, xb, num_classes, dtype=fused_dtype).forward_each_label()
-            elif per_label:
-                labels = torch.arange(num_classes, device=dev).repeat_interleave(b)  # (C*b,)
-                hs = net(overlay_label(xb.repeat(num_classes, 1), labels, num_classes))
             if per_label:
+                if fused_dtype is not False:   # one image product for all C labels
+                    hs = analytic.LabelledInput(net, xb, num_classes, dtype=fused_dtype).forward_each_label()
+                else:
+                    labels = torch.arange(num_classes, device=dev).repeat_interleave(b)  # (C*b,)
+                    hs = net(overlay_label(xb.repeat(num_classes, 1), labels, num_classes))
                 g = net.goodness(hs, layers).view(num_classes, b)
                 out["goodness"].append(g.argmax(0))
     return {k: torch.cat(v) for k, v in out.items() if v}

@@ -41,6 +41,7 @@ Choices not stated in the paper:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -56,7 +57,7 @@ from .nets import FFNet, SoftmaxHead
 from .train import Task, autocast, make_optimizer, register_task, write_goodness
 
 __all__ = ["UnsupervisedFFConfig", "build_net", "unsupervised_ff_task", "readout_predict", "dead_units",
-           "save_hybrid_goodness_samples"]
+           "forward_chunks", "ActiveUnits", "save_hybrid_goodness_samples"]
 
 IMAGE_SHAPE = (1, 28, 28)   # MNIST and Fashion-MNIST: (C, H, W)
 NUM_CLASSES = 10
@@ -131,34 +132,55 @@ def _check_layers(name: str, layers: tuple[int, ...], depth: int) -> list[int]:
     return list(layers)
 
 
+def forward_chunks(net: FFNet, x: torch.Tensor, *, chunk: int = 1000,
+                   dtype: str = "float32") -> Iterator[list[torch.Tensor]]:
+    """Activities of every layer for images x, one chunk of images at a time (no gradient)."""
+    for s in range(0, x.shape[0], chunk):
+        with torch.no_grad(), autocast(x.device, dtype):
+            hs = net(x[s:s + chunk])
+        yield hs
+
+
+class ActiveUnits:
+    """Which units of each layer were active (ReLU output > 0) on at least one image seen so far.
+
+    A unit that is never active gets no FF gradient, so it never comes back; in the dense 4x2000
+    net most units of the upper layers die in the first few hundred steps at Adam lr 1e-3
+    (RESULTS.md), which is why every evaluation reports the dead fraction.
+    """
+
+    def __init__(self) -> None:
+        self.ever: list[torch.Tensor] | None = None
+
+    def update(self, hs: list[torch.Tensor]) -> None:
+        active = [h.reshape(h.shape[0], -1).gt(0).any(0) for h in hs]
+        self.ever = active if self.ever is None else [e | a for e, a in zip(self.ever, active)]
+
+    def dead_fractions(self) -> list[float]:
+        return [1.0 - e.float().mean().item() for e in self.ever or []]
+
+
 @torch.no_grad()
 def readout_predict(net: FFNet, heads: dict[str, tuple[SoftmaxHead, list[int]]], x: torch.Tensor, *,
-                    chunk: int = 1000, dtype: str = "float32") -> dict[str, torch.Tensor]:
-    """Class predictions (N,) of each readout head ``name -> (head, layers)`` for images x (N, 784)."""
+                    chunk: int = 1000, dtype: str = "float32",
+                    active: ActiveUnits | None = None) -> dict[str, torch.Tensor]:
+    """Class predictions (N,) of each readout head ``name -> (head, layers)`` for images x (N, 784);
+    ``active``, if given, is updated with the same forward passes."""
     out: dict[str, list[torch.Tensor]] = {name: [] for name in heads}
-    for s in range(0, x.shape[0], chunk):
-        with autocast(x.device, dtype):
-            hs = net(x[s:s + chunk])
+    for hs in forward_chunks(net, x, chunk=chunk, dtype=dtype):
+        if active is not None:
+            active.update(hs)
         for name, (head, layers) in heads.items():
             out[name].append(head(net.features(hs, layers)).argmax(1))
     return {name: torch.cat(p) for name, p in out.items()}
 
 
-@torch.no_grad()
 def dead_units(net: FFNet, x: torch.Tensor, *, chunk: int = 1000, dtype: str = "float32") -> list[float]:
-    """Per hidden layer, the fraction of units inactive (ReLU output 0) on every image of x.
-
-    A unit that is never active gets no FF gradient, so it never comes back; in the dense 4x2000
-    net most units of the upper layers die in the first few hundred steps at Adam lr 1e-3
-    (RESULTS.md), which is why every evaluation reports this.
-    """
-    ever: list[torch.Tensor] | None = None
-    for s in range(0, x.shape[0], chunk):
-        with autocast(x.device, dtype):
-            hs = net(x[s:s + chunk])
-        active = [h.reshape(h.shape[0], -1).gt(0).any(0) for h in hs]
-        ever = active if ever is None else [e | a for e, a in zip(ever, active)]
-    return [1.0 - e.float().mean().item() for e in ever or []]
+    """Per hidden layer, the fraction of units inactive (ReLU output 0) on every image of x."""
+    acc = ActiveUnits()
+    for hs in forward_chunks(net, x, chunk=chunk, dtype=dtype):
+        acc.update(hs)
+    return acc.dead_fractions()
 
 
 @torch.no_grad()
@@ -215,9 +237,10 @@ def unsupervised_ff_task(cfg: UnsupervisedFFConfig, device: torch.device) -> Tas
         return loss.detach()
 
     def evaluate(x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        preds = readout_predict(net, heads, x, dtype=cfg.dtype)
+        active = ActiveUnits()   # counted in the readout's forward passes, not in passes of its own
+        preds = readout_predict(net, heads, x, dtype=cfg.dtype, active=active)
         out = {f"error_{name}": (p != y).float().mean().item() for name, p in preds.items()}
-        out.update({f"dead_units_layer{i}": f for i, f in enumerate(dead_units(net, x, dtype=cfg.dtype))})
+        out.update({f"dead_units_layer{i}": f for i, f in enumerate(active.dead_fractions())})
         return out
 
     def finalize(run: runs.Run, data: dict[str, torch.Tensor]) -> None:
