@@ -88,6 +88,9 @@ def test_cli_refits_readout_without_touching_ff_weights(tmp_path, tiny_mnist, ca
     assert [e["layers"] for e in entries] == [[1, 2], [0, 1, 2]]
     assert all(0.0 <= e["test_error"] < 0.5 for e in entries)   # 10 sparse prototypes: learnable
     assert hashlib.sha256((run / "model.safetensors").read_bytes()).hexdigest() == digest
+    (run / "readout.json").write_text('[{"layers": [1, 2], "test_')             # damaged: named, not a traceback
+    assert main(["readout", str(run), "--weight-decay", "0.01", "--val-size", "100", "--max-iter", "5"]) != 0
+    assert "readout.json" in capsys.readouterr().err
 
 
 def test_cli_rejects_supervised_runs(tmp_path, tiny_mnist, capsys):

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fflab import runs
+from fflab import recurrent_fused, runs
 from fflab.config import apply_overrides, from_dict, to_dict
 from fflab.errors import ConfigError
 from fflab.layers import normalize
@@ -173,6 +173,81 @@ def test_step_gradient_equals_sum_of_per_iteration_updates():
         torch.testing.assert_close(acc, grads[i])
 
 
+# ----------------------------------------------------------------------------- the fused engine
+def autograd_step(net, x, y, y_neg, iterations):
+    """The training step's FF loss by autograd (the ``engine=autograd`` path): grads set, loss returned."""
+    b = x.shape[0]
+    top = net.label_input(torch.cat([y, y_neg]), 2 * b, x.device).to(x.dtype)
+    states, total = [torch.cat([h, h]) for h in net.init_states(x)], 0
+    for _ in range(iterations):
+        states = net.step(states, torch.cat([x, x]), top)
+        total = total + sum(layer.local_loss(h[:b], h[b:]) for layer, h in zip(net.layers, states))
+    net.zero_grad(set_to_none=True)
+    total.backward()
+    return total.detach(), top
+
+
+@pytest.mark.parametrize("hidden,goodness,damping,peer_norm", [
+    ((16, 12), "ssq", 0.3, 0.0), ((16, 12, 8), "min_ssq", 0.3, 0.0), ((9,), "ssq", 0.5, 0.0),
+    ((16, 12), "ssq", 0.0, 0.05), ((16, 12), "mean_ssq", 0.7, 0.0)])
+def test_fused_step_equals_autograd(hidden, goodness, damping, peer_norm):
+    """recurrent_backward sets the same gradients (W, V, b of every layer), the same loss and the
+    same peer-normalization statistics as autograd on the step (fp64, so to rounding)."""
+    torch.manual_seed(0)
+    net = RecurrentFFNet(20, hidden, 10, damping=damping, goodness=goodness, peer_norm=peer_norm).double()
+    for layer in net.layers:
+        torch.nn.init.normal_(layer.bias, std=0.1)
+    x, y = torch.rand(6, 20, dtype=torch.float64), torch.arange(6) % 10
+    y_neg = (y + 3) % 10
+    twin = RecurrentFFNet(20, hidden, 10, damping=damping, goodness=goodness, peer_norm=peer_norm).double()
+    twin.load_state_dict(net.state_dict())
+    want, top = autograd_step(twin, x, y, y_neg, 4)
+    bu = recurrent_fused.bottom_up(net, x)
+    for a, b in zip(bu.init, net.init_states(x)):
+        torch.testing.assert_close(a, b)
+    got = recurrent_fused.recurrent_backward(net, bu, top, 4)
+    torch.testing.assert_close(got, want)
+    for (name, p), q in zip(net.named_parameters(), twin.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
+        assert p.grad.abs().sum() > 0, name
+    for la, lb in zip(net.layers, twin.layers):
+        torch.testing.assert_close(la.peer_mean, lb.peer_mean)
+
+
+def test_fused_damping_one_gives_no_update():
+    net, x, y = net_and_data(damping=1.0)
+    top = net.label_input(torch.cat([y, (y + 1) % 10]), 12, x.device)
+    recurrent_fused.recurrent_backward(net, recurrent_fused.bottom_up(net, x), top, 3)
+    assert all(p.grad.abs().sum() == 0 for p in net.parameters())
+
+
+def test_fused_bf16_step_close_to_fp32():
+    net, x, y = net_and_data(hidden=(64, 48), b=32)
+    top = net.label_input(torch.cat([y, (y + 1) % 10]), 64, x.device)
+    recurrent_fused.recurrent_backward(net, recurrent_fused.bottom_up(net, x), top, 3)
+    ref = [p.grad.clone() for p in net.parameters()]
+    bu = recurrent_fused.bottom_up(net, x, torch.bfloat16)
+    recurrent_fused.recurrent_backward(net, bu, top, 3, dtype=torch.bfloat16)
+    for r, p in zip(ref, net.parameters()):
+        assert p.grad.dtype == torch.float32                       # fp32 grads for the fp32 master weights
+        assert (p.grad - r).norm() < 0.05 * r.norm()
+
+
+@pytest.mark.parametrize("hidden", [(16, 12), (16, 12, 8), (9,)])
+def test_fused_label_goodness_equals_plain(hidden):
+    torch.manual_seed(1)
+    net = RecurrentFFNet(20, hidden, 10)
+    x = torch.rand(7, 20)
+    plain = label_goodness(net, x, 4, fused=False)
+    torch.testing.assert_close(label_goodness(net, x, 4, chunk=3), plain, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("engine", ["fused", "autograd"])
+def test_engines_train_alike(tmp_path, tiny_mnist, engine):
+    res = quiet(small_cfg(engine=engine, epochs=2, lr=3e-3), tmp_path / engine)
+    assert res["test_error_goodness"] < 0.4, res
+
+
 # ----------------------------------------------------------------------------- evaluation
 def test_predict_window_and_iterations_agree_with_goodness_table():
     net, x, y = net_and_data(hidden=(16, 12), b=7)
@@ -190,7 +265,8 @@ def test_predict_window_and_iterations_agree_with_goodness_table():
 def test_bad_config_is_a_clear_error(tiny_mnist):
     for kw, msg in [(dict(eval_window=(3, 9)), "eval_window"), (dict(eval_window=(3,)), "eval_window"),
                     (dict(damping=1.5), "damping"), (dict(iterations=0), "iterations"),
-                    (dict(negatives="x"), "negatives"), (dict(eval_from_layer=2), "eval_from_layer")]:
+                    (dict(negatives="x"), "negatives"), (dict(eval_from_layer=2), "eval_from_layer"),
+                    (dict(engine="analytic"), "engine"), (dict(dtype="float16"), "dtype")]:
         with pytest.raises(ConfigError, match=msg):
             build_task(small_cfg(**kw), torch.device("cpu"))
 

@@ -54,6 +54,34 @@ def test_resume_equals_uninterrupted(tmp_path, tiny_mnist, extra):
     assert [m["train_loss"] for m in a] == [m["train_loss"] for m in b]
 
 
+def test_resume_after_a_torn_metrics_line(tmp_path, tiny_mnist):
+    """A run killed while appending to metrics.jsonl resumes; the torn line is dropped, not fatal."""
+    full = fit(small_cfg(epochs=2), str(tmp_path / "full"), progress=False, log=lambda s: None)
+    d = tmp_path / "part"
+    fit(small_cfg(epochs=2), str(d), progress=False, log=lambda s: None, stop_after_epoch=1)
+    with open(d / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 2, "train_lo')                       # the kill came mid-write
+    assert [m["epoch"] for m in runs.read_metrics(d)] == [1]
+    resumed = fit(small_cfg(epochs=2), str(d), resume=True, progress=False, log=lambda s: None)
+    assert resumed["test_error_goodness"] == full["test_error_goodness"]
+    assert [m["epoch"] for m in runs.read_metrics(d)] == [1, 2]
+
+
+def test_damaged_run_files_are_clear_errors(tmp_path, tiny_mnist):
+    d = tmp_path / "r"
+    fit(small_cfg(epochs=2), str(d), progress=False, log=lambda s: None)
+    lines = (d / "metrics.jsonl").read_text().splitlines()
+    (d / "metrics.jsonl").write_text("\n".join(["{broken", *lines[1:]]) + "\n")
+    with pytest.raises(CheckpointError, match="metrics.jsonl line 1"):
+        runs.read_metrics(d)
+    (d / "config.json").write_text('{"kind": "SupervisedFFConfig", ')
+    with pytest.raises(CheckpointError, match="config.json"):
+        evaluate_run(str(d))
+    (d / "config.json").write_text("[1, 2]")
+    with pytest.raises(CheckpointError, match="not a config"):
+        evaluate_run(str(d))
+
+
 def test_save_load_round_trip_identical_predictions(tmp_path, tiny_mnist):
     res = fit(small_cfg(epochs=1), str(tmp_path / "r"), progress=False, log=lambda s: None)
     again = evaluate_run(str(tmp_path / "r"))

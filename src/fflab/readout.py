@@ -17,7 +17,6 @@ near 0% while test error stays flat. This module fits the readout again, once th
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from . import runs
-from .errors import ConfigError
+from .errors import CheckpointError, ConfigError
 from .nets import FFNet
 
 __all__ = ["extract_features", "fit_logistic", "ReadoutResult", "frozen_readout"]
@@ -122,7 +121,9 @@ def readout_run(run_dir: str, *, layers: Sequence[int] | None = None, weight_dec
     res = frozen_readout(feats["train"], data["y_train"], feats["test"], data["y_test"],
                          weight_decays=weight_decays, val_size=val_size, layers=layers, max_iter=max_iter)
     path = Path(run_dir) / "readout.json"
-    old = json.loads(path.read_text()) if path.exists() else []
+    old = runs.read_json(path) if path.exists() else []
+    if not isinstance(old, list) or not all(isinstance(e, dict) for e in old):
+        raise CheckpointError(f"{path} is not a list of readout entries; move it away to refit")
     entries = [e for e in old if e.get("layers") != res.layers] + [res.as_dict()]
     runs.write_json(path, entries)
     return res

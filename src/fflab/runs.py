@@ -168,11 +168,21 @@ def load_state(run_dir: Path) -> dict[str, Any]:
         raise CheckpointError(f"cannot read {p}: {e}") from None
 
 
+def read_json(path: str | Path) -> Any:
+    """A JSON file of a run folder; a damaged one is a ``CheckpointError`` that names it."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:   # ValueError covers JSONDecodeError and UnicodeDecodeError
+        raise CheckpointError(f"cannot read {path}: {e}") from None
+
+
 def read_config(run_dir: str | Path) -> tuple[Any, str | None]:
     p = Path(run_dir) / "config.json"
     if not p.exists():
         raise CheckpointError(f"{run_dir} is not a run folder (no config.json)")
-    d = json.loads(p.read_text())
+    d = read_json(p)
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{p} is not a config (not a JSON object)")
     recipe = d.pop("recipe", None)
     from .recipes import _load_all
     _load_all()  # registers the config kinds of every run kind (recurrent, sequences, ...)
@@ -180,7 +190,22 @@ def read_config(run_dir: str | Path) -> tuple[Any, str | None]:
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The records of metrics.jsonl ([] if there is none). A last line cut short (the run was
+    killed while writing it) is dropped, so such a run still resumes; a damaged line before the
+    last is a ``CheckpointError`` naming the file and line."""
     p = Path(run_dir) / "metrics.jsonl"
     if not p.exists():
         return []
-    return [json.loads(ln) for ln in p.read_text().splitlines() if ln.strip()]
+    lines = [ln for ln in p.read_text(errors="replace").splitlines() if ln.strip()]
+    records = []
+    for i, ln in enumerate(lines):
+        try:
+            rec = json.loads(ln)
+        except ValueError as e:
+            if i == len(lines) - 1:
+                break
+            raise CheckpointError(f"{p} line {i + 1} is not a metrics record: {e}") from None
+        if not isinstance(rec, dict):
+            raise CheckpointError(f"{p} line {i + 1} is not a metrics record (not a JSON object)")
+        records.append(rec)
+    return records

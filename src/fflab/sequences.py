@@ -452,13 +452,12 @@ def results_table(run_dirs: list[str]) -> str:
     """A markdown table of sequence runs (the sleep findings): one row per run folder with its
     recipe, negatives, sleep_k, sleep_stop_epoch, lr/momentum, the final train and held-out
     per-character error, and the best held-out error with its epoch. Reads run folders only."""
-    import json
     from pathlib import Path
     head = ("| run | recipe | negatives | sleep_k | stop epoch | lr / momentum | epochs "
             "| train err | held-out err | best held-out (epoch) |")
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
     for d in run_dirs:
-        cfg = json.loads((Path(d) / "config.json").read_text())
+        cfg = runs.read_json(Path(d) / "config.json")
         evals = [m for m in runs.read_metrics(d) if "test_error_char" in m]
         if not evals:
             raise DataError(f"{d} has no test_error_char records (not a sequence run, or no evaluation yet)")

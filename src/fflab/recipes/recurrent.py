@@ -10,7 +10,8 @@ from . import quick_mode, recipe
 def _recurrent(goodness: str) -> RecurrentFFConfig:
     return RecurrentFFConfig(hidden=(2000, 2000), iterations=8, damping=0.3, eval_window=(3, 5), epochs=60,
                              batch_size=100, goodness=goodness, negatives="hard", optimizer="adam", lr=1e-3,
-                             head_lr=1e-3, lr_schedule="linear_half", eval_every=5)
+                             head_lr=1e-3, lr_schedule="linear_half", eval_every=5, engine="fused",
+                             dtype="bfloat16")
 
 
 def _quick(cfg: RecurrentFFConfig) -> RecurrentFFConfig:
@@ -30,10 +31,14 @@ def ff_recurrent(quick: bool):
 
     Paper: 1.31% test error. Command: ``fflab train ff-recurrent``.
     Runtime: per image and step, 2 x 8 damped iterations (positive and negative) of a 784-2000-2000-10
-    net with top-down weights (~9.6M multiply-adds each) plus their weight gradients; each evaluation
-    runs 10 labels x 9 passes per image. Measured on 1 CPU thread: a 2x500 net trains at 10000
-    images in 18 s; scaled by FLOPs the full recipe is roughly 20 minutes per epoch on one CPU thread
-    (about a day for 60 epochs with evaluations); not yet measured on a GPU.
+    net with top-down weights plus their weight gradients, about 0.53 GFLOP per image with the fused
+    engine; each evaluation runs 10 labels x 8 iterations per image. Measured (BENCHMARKS.md): the
+    fused engine in bf16 trains an epoch in about 108 s on the 2-core dev VM with 2 threads (190 s on
+    one), so 60 epochs are about 2 hours plus evaluations; the autograd fp32 step is 2.6 x slower.
+    Not yet measured on a GPU.
+    Speed: ``engine=fused`` (analytic local gradients, the clamped image's product computed once per
+    step; ``recurrent_fused.py``) and bf16 products with fp32 master weights and fp32 states.
+    ``engine=autograd dtype=float32`` is the plain reference (same updates to rounding, tested).
     The paper says "two or three" hidden layers; ``hidden=2000x3`` gives three.
     DEVIATION: the optimizer (Adam, lr 1e-3, linear decay over the second half) is not given in the paper.
     """
