@@ -35,7 +35,9 @@ def ff_recurrent(quick: bool):
     engine; each evaluation runs 10 labels x 8 iterations per image. Measured (BENCHMARKS.md): the
     fused engine in bf16 trains an epoch in about 108 s on the 2-core dev VM with 2 threads (190 s on
     one), so 60 epochs are about 2 hours plus evaluations; the autograd fp32 step is 2.6 x slower.
-    Not yet measured on a GPU.
+    Not yet measured on a GPU. Measured here (RESULTS.md): 2.75% after 60 epochs, 1.4 points above
+    the paper; the training loss rose while lr 1e-3 was constant and half the units died, so the
+    rate is likely too large for 2000-wide layers (``lr=2.5e-4`` is the untried next step).
     Speed: ``engine=fused`` (analytic local gradients, the clamped image's product computed once per
     step; ``recurrent_fused.py``) and bf16 products with fp32 master weights and fp32 states.
     ``engine=autograd dtype=float32`` is the plain reference (same updates to rounding, tested).
