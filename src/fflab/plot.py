@@ -49,21 +49,11 @@ def read_run_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     A damaged last line is skipped (the run may be writing it right now); a damaged line before it,
     or a file with no records, is a ``CheckpointError``.
     """
-    p = _run_path(run_dir) / "metrics.jsonl"
-    lines = [ln for ln in p.read_text().splitlines() if ln.strip()]
-    records = []
-    for i, ln in enumerate(lines):
-        try:
-            rec = json.loads(ln)
-            if not isinstance(rec, dict):
-                raise ValueError("not a JSON object")
-        except ValueError as e:
-            if i == len(lines) - 1 and records:
-                break
-            raise CheckpointError(f"{p} line {i + 1} is not a metrics record: {e}") from None
-        records.append(rec)
+    from .runs import read_metrics   # the parser resume uses: same rules for a torn last line
+    p = _run_path(run_dir)
+    records = read_metrics(p)
     if not records:
-        raise CheckpointError(f"{p} holds no epochs yet")
+        raise CheckpointError(f"{p / 'metrics.jsonl'} holds no epochs yet")
     return records
 
 

@@ -230,13 +230,13 @@ def label_goodness(net: RecurrentFFNet, x: torch.Tensor, iterations: int, *, chu
     plain ``RecurrentFFNet.run`` under autocast. Same numbers up to rounding.
     """
     n_cls = net.num_classes
+    pdtype = _product_dtype(dtype)
     out = []
     for s in range(0, x.shape[0], chunk):
         xb = x[s:s + chunk]
         b = xb.shape[0]
         labels = torch.arange(n_cls, device=x.device).repeat_interleave(b)       # (N*b,) label-major
         if fused:
-            pdtype = _product_dtype(dtype)
             bu = recurrent_fused.bottom_up(net, xb, pdtype)
             top = net.label_input(labels, n_cls * b, x.device)
             traj = [[h.repeat(n_cls, 1) for h in bu.init]]

@@ -110,17 +110,19 @@ def recurrent_backward(net, bu: BottomUp, top: torch.Tensor, iterations: int, *,
             dh, loss = _local_dz(layer, h[l], b)
             total += loss
             da[l].append(dh.mul_(c[l] > 0).mul_(1 - d))                      # dL/da_l(t), (2B, D_l)
+    # Each hidden layer's states at t-1 over all iterations, stacked along the batch axis: the
+    # "below" input of the layer above it and the "above" input of the layer under it.
+    inputs = [torch.cat([n[j] for n in normed_in]) for j in range(L)]
     for l, layer in enumerate(layers):
+        summed = torch.stack(da[l]).sum(0)                                   # over iterations, (2B, D_l)
         g_all = _cast(torch.cat(da[l]), dtype)                                # (T*2B, D_l)
         if l == 0:   # image input: sum over iterations and over the positive/negative halves first
-            s = torch.stack(da[0]).sum(0)
-            layer.weight.grad = fp32_accum(torch.mm(_cast(s[:b] + s[b:], dtype).t(), bu.img))
+            layer.weight.grad = fp32_accum(torch.mm(_cast(summed[:b] + summed[b:], dtype).t(), bu.img))
         else:
-            layer.weight.grad = fp32_accum(torch.mm(g_all.t(), torch.cat([n[l - 1] for n in normed_in])))
+            layer.weight.grad = fp32_accum(torch.mm(g_all.t(), inputs[l - 1]))
         if l + 1 < L:
-            layer.weight_down.grad = fp32_accum(torch.mm(g_all.t(), torch.cat([n[l + 1] for n in normed_in])))
+            layer.weight_down.grad = fp32_accum(torch.mm(g_all.t(), inputs[l + 1]))
         else:        # label input: clamped, so one product of the iteration-summed gradients
-            s = torch.stack(da[l]).sum(0)
-            layer.weight_down.grad = fp32_accum(torch.mm(_cast(s, dtype).t(), _cast(top, dtype)))
-        layer.bias.grad = torch.stack(da[l]).sum((0, 1))
+            layer.weight_down.grad = fp32_accum(torch.mm(_cast(summed, dtype).t(), _cast(top, dtype)))
+        layer.bias.grad = summed.sum(0)
     return total

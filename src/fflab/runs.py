@@ -201,11 +201,11 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     for i, ln in enumerate(lines):
         try:
             rec = json.loads(ln)
+            if not isinstance(rec, dict):
+                raise ValueError("not a JSON object")
         except ValueError as e:
             if i == len(lines) - 1:
                 break
             raise CheckpointError(f"{p} line {i + 1} is not a metrics record: {e}") from None
-        if not isinstance(rec, dict):
-            raise CheckpointError(f"{p} line {i + 1} is not a metrics record (not a JSON object)")
         records.append(rec)
     return records
