@@ -97,3 +97,25 @@ def test_ff_predict_shared_image_product_matches_plain(dtype):
     # same argmax except where two labels' goodness differ by less than the rounding
     agree = (fast["goodness"] == plain["goodness"]).float().mean().item()
     assert agree == 1.0 if dtype == "float32" else agree > 0.95
+
+
+@pytest.mark.skipif(not any(__import__("shutil").which(c) for c in ("g++", "c++", "clang++")),
+                    reason="torch.compile on CPU needs a C++ compiler")
+def test_compiled_update_equals_eager():
+    """compile=true: the same gradients, loss and peer-mean update as the eager fused update
+    (float rounding aside), with repeated labels among positives and negatives."""
+    import copy
+
+    from fflab.analytic import LabelledInput, compiled_ff_backward
+    torch.manual_seed(0)
+    net = FFNet.dense(40, [16, 12], peer_norm=0.03)
+    twin = copy.deepcopy(net)
+    x = torch.rand(6, 40)
+    y, y_neg = torch.tensor([0, 0, 2, 3, 3, 5]), torch.tensor([3, 2, 0, 0, 5, 3])
+    loss_ref = LabelledInput(net, x, num_classes=10).ff_backward(y, y_neg)
+    loss = compiled_ff_backward(torch.device("cpu"))(LabelledInput(twin, x, num_classes=10), y, y_neg)
+    assert loss.item() == pytest.approx(loss_ref.item(), rel=1e-5)
+    for a, b in zip(net.layers, twin.layers):
+        assert torch.allclose(a.weight.grad, b.weight.grad, rtol=1e-4, atol=1e-6)
+        assert torch.allclose(a.bias.grad, b.bias.grad, rtol=1e-4, atol=1e-6)
+        assert torch.allclose(a.peer_mean, b.peer_mean, rtol=1e-5)

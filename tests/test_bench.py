@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from fflab.bench import format_table, run_benchmark
 
 
@@ -12,8 +14,18 @@ def test_bench_reports_every_measurement_and_counts_skipped_neutral_passes():
         assert res["ff_train"]["images_per_s"]["median"] > 0 and res["bp_train"]["images_per_s"]["median"] > 0
         assert res["ff_over_bp_time_per_epoch"] > 0
         assert set(res["eval_images_per_s"]) == {"per_label", "one_pass"}
+        parts = res["ff_step_ms"]   # where a step's time goes; the parts add up to the step
+        assert parts["total"] > 0 and parts["products_at_raw_rate"] > 0
+        assert parts["total"] == pytest.approx(parts["products_at_raw_rate"] + parts["optimizer_update"] + parts["rest"])
     # a neutral pass on 1 step in 4 needs fewer products per image
     first, rest = 784 * 16, 16 * 16
     assert every["ff_train"]["flops_per_image"] == 2 * (2 * first + 5 * rest)
     assert sparse["ff_train"]["flops_per_image"] == 2 * (2 * first + 4.25 * rest)
     assert "neutral_every 4" in format_table(sparse)
+
+
+def test_update_cost_restores_the_optimizers():
+    from fflab.bench import update_cost_ms
+    from fflab.config import SupervisedFFConfig
+    cfg = SupervisedFFConfig(hidden=(8, 8), batch_size=4, device="cpu", optimizer="sgd")
+    assert isinstance(update_cost_ms(cfg, steps=2, reps=2), float)   # and its own check passed

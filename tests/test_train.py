@@ -177,3 +177,33 @@ def test_neutral_every_must_be_positive():
     from fflab import train
     with pytest.raises(ConfigError, match="neutral_every"):
         train.build_task(small_cfg(neutral_every=0), torch.device("cpu"))
+
+
+def test_sgd_is_fused_and_keeps_the_official_smoothing():
+    """make_optimizer's SGD uses torch's fused kernel (one pass per tensor) and still computes
+    the official update: buffer = 0.9 buffer + 0.1 (grad + wd w), w -= lr buffer."""
+    from fflab.train import make_optimizer
+    w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    opt = make_optimizer([w], name="sgd", lr=0.5, momentum=0.9, weight_decay=0.1)
+    assert opt.param_groups[0]["fused"]
+    buf, ref = torch.zeros(2), w.detach().clone()
+    for grad in (torch.tensor([1.0, 2.0]), torch.tensor([-3.0, 0.5])):
+        w.grad = grad.clone()
+        opt.step()
+        # torch's first step copies the gradient into the buffer; later steps smooth it
+        buf = (grad + 0.1 * ref) if not buf.any() else 0.9 * buf + 0.1 * (grad + 0.1 * ref)
+        ref = ref - 0.5 * buf
+        assert torch.allclose(w.detach(), ref)
+
+
+def test_compile_needs_the_fused_engine():
+    from fflab import train
+    with pytest.raises(ConfigError, match="compile=true applies to engine=fused"):
+        train.build_task(small_cfg(compile=True, engine="analytic"), torch.device("cpu"))
+
+
+def test_compile_without_a_cxx_compiler_is_a_clear_error(monkeypatch):
+    from fflab import analytic, train
+    monkeypatch.setattr(analytic.shutil, "which", lambda name: None)
+    with pytest.raises(ConfigError, match="C\\+\\+ compiler"):
+        train.build_task(small_cfg(compile=True, engine="fused"), torch.device("cpu"))

@@ -68,8 +68,8 @@ def _synthetic(n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor
     return x.to(device), y.to(device)
 
 
-def train_throughput(cfg: Any, *, steps: int, reps: int) -> dict[str, float]:
-    """Images per second of the real training step (synthetic MNIST-shaped data)."""
+def _training_loop(cfg: Any, steps: int) -> tuple[Any, Callable[[], None]]:
+    """A task of ``cfg`` and a function running ``steps`` training steps on synthetic MNIST-shaped data."""
     device = resolve_device(cfg.device)
     task = build_task(cfg, device)
     task.train(True)
@@ -85,7 +85,41 @@ def train_throughput(cfg: Any, *, steps: int, reps: int) -> dict[str, float]:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    return _summary(_timeit(run, reps=reps), steps * b)
+    return task, run
+
+
+def train_throughput(cfg: Any, *, steps: int, reps: int) -> dict[str, float]:
+    """Images per second of the real training step (synthetic MNIST-shaped data)."""
+    _, run = _training_loop(cfg, steps)
+    return _summary(_timeit(run, reps=reps), steps * cfg.batch_size)
+
+
+def update_cost_ms(cfg: Any, *, steps: int, reps: int) -> float:
+    """What the optimizer updates cost per step *in place*: the median over repetitions of
+    (time of ``steps`` full steps - time of the same steps with every optimizer's ``step`` a
+    no-op) / steps, in ms. The two kinds alternate on one task so that the machine's drift
+    cancels in each pair. In place matters: the updates' passes over weights, gradients and
+    optimizer state also evict the products' operands from cache, which timing ``opt.step()``
+    alone would miss."""
+    task, run = _training_loop(cfg, steps)
+    real = {k: opt.step for k, opt in task.optimizers.items()}
+
+    def no_update() -> None:
+        for opt in task.optimizers.values():
+            opt.step = lambda *args, **kwargs: None   # instance attribute, removed below
+        try:
+            run()
+        finally:
+            for opt in task.optimizers.values():
+                del opt.step
+
+    run()   # warm-up (and compilation, if any)
+    diffs = []
+    for _ in range(reps):
+        full, skipped = _timeit(run, reps=1, warmup=0)[0], _timeit(no_update, reps=1, warmup=0)[0]
+        diffs.append((full - skipped) / steps * 1e3)
+    assert all(opt.step == real[k] for k, opt in task.optimizers.items())
+    return statistics.median(diffs)
 
 
 def eval_throughput(cfg: SupervisedFFConfig, *, n: int, reps: int) -> dict[str, dict[str, float]]:
@@ -105,17 +139,19 @@ def eval_throughput(cfg: SupervisedFFConfig, *, n: int, reps: int) -> dict[str, 
 def run_benchmark(hidden: tuple[int, ...] = (1000, 1000, 1000), *, batch_size: int = 100,
                   dtype: str = "float32", negatives: str = "hard", steps: int = 30, reps: int = 5,
                   device: str = "auto", engine: str = "auto", neutral_every: int = 1,
+                  optimizer: str = "adam", compile: bool = False,
                   epoch_images: int = 60000) -> dict[str, Any]:
     """All five measurements of issue 3 for one network; returns a JSON-able dict."""
     from .runs import environment
     sizes = [784, *hidden]
     macs = forward_macs(sizes)
     ff_cfg = SupervisedFFConfig(hidden=hidden, batch_size=batch_size, dtype=dtype, negatives=negatives,
-                                device=device, engine=engine, neutral_every=neutral_every)
-    bp_cfg = BPConfig(hidden=hidden, batch_size=batch_size, dtype=dtype, device=device)
+                                device=device, engine=engine, neutral_every=neutral_every,
+                                optimizer=optimizer, compile=compile)
+    bp_cfg = BPConfig(hidden=hidden, batch_size=batch_size, dtype=dtype, device=device, optimizer=optimizer)
     res: dict[str, Any] = {"env": environment(), "hidden": list(hidden), "batch_size": batch_size,
                            "dtype": dtype, "negatives": negatives, "engine": engine, "neutral_every": neutral_every,
-                           "steps": steps, "reps": reps}
+                           "optimizer": optimizer, "compile": compile, "steps": steps, "reps": reps}
     res["matmul_gflops"] = {
         "float32": matmul_throughput(sizes, batch_size, torch.float32, reps=reps),
         "bfloat16": matmul_throughput(sizes, batch_size, torch.bfloat16, reps=reps)}
@@ -131,6 +167,13 @@ def run_benchmark(hidden: tuple[int, ...] = (1000, 1000, 1000), *, batch_size: i
                        "flops_per_image": ff_flops_per_image}
     raw = res["matmul_gflops"][dtype]["median"]
     res["ff_fraction_of_matmul"] = res["ff_train"]["gflops"] / raw
+    # Where a step's time goes: the needed products at the raw rate (a floor), the optimizer
+    # updates (measured in place), and the rest (elementwise work, sampling, dispatch).
+    step_ms = batch_size / ff["median"] * 1e3
+    products_ms = batch_size * ff_flops_per_image / (raw * 1e9) * 1e3
+    update_ms = update_cost_ms(ff_cfg, steps=steps, reps=reps)
+    res["ff_step_ms"] = {"total": step_ms, "products_at_raw_rate": products_ms, "optimizer_update": update_ms,
+                         "rest": step_ms - products_ms - update_ms}
     bp = train_throughput(bp_cfg, steps=steps, reps=reps)
     bp_flops_per_image = 2 * (macs + 10 * hidden[-1]) * 3  # forward, input grad, weight grad
     res["bp_train"] = {"images_per_s": bp, "ms_per_epoch": epoch_images / bp["median"] * 1e3,
@@ -152,7 +195,9 @@ def format_table(res: dict[str, Any]) -> str:
 
     rows = [
         f"fflab bench: hidden {res['hidden']} batch {res['batch_size']} dtype {res['dtype']} "
-        f"negatives {res['negatives']} engine {res['engine']} neutral_every {res.get('neutral_every', 1)} ({res['steps']} steps x {res['reps']} reps, median [min-max])",
+        f"negatives {res['negatives']} engine {res['engine']} neutral_every {res.get('neutral_every', 1)} "
+        f"optimizer {res.get('optimizer', 'adam')} compile {res.get('compile', False)} "
+        f"({res['steps']} steps x {res['reps']} reps, median [min-max])",
         f"hardware: {env['cpu']} | {env['cpu_count']} CPUs, {env['torch_threads']} torch threads"
         + (f" | GPU {env['gpu']}" if env.get("gpu") else ""),
         f"versions: torch {env['torch']}, python {env['python']}, fflab {env['fflab']}",
@@ -164,6 +209,8 @@ def format_table(res: dict[str, Any]) -> str:
         f"{'(b) FF train (ms per 60k-image epoch)':44s} {f['ms_per_epoch']:>28.0f}",
         f"{'(b) FF train (GFLOP/s of needed products)':44s} {f['gflops']:>28.1f}",
         f"{'(c) FF / raw matmul ' + res['dtype']:44s} {100 * res['ff_fraction_of_matmul']:>27.0f}%",
+        *([f"{'(c) FF step (ms): ' + k.replace('_', ' '):44s} {v:>28.2f}" for k, v in res["ff_step_ms"].items()]
+          if "ff_step_ms" in res else []),
         f"{'(d) BP train (images/s)':44s} {spread(b['images_per_s']):>28s}",
         f"{'(d) BP train (ms per 60k-image epoch)':44s} {b['ms_per_epoch']:>28.0f}",
         f"{'(d) FF / BP time per epoch':44s} {res['ff_over_bp_time_per_epoch']:>28.2f}",

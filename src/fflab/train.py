@@ -66,15 +66,23 @@ def lr_factor(schedule: str, epoch: int, epochs: int) -> float:
     raise ConfigError(f"lr_schedule={schedule!r}: choose linear_half, cosine or constant")
 
 
+def _fusable(params: list[torch.Tensor]) -> bool:
+    """torch's fused optimizers need floating tensors on CPU or CUDA."""
+    return all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+
+
 def make_optimizer(params, *, name: str, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
     params = list(params)
     if name == "adam":
         # fused: one kernel for the whole update instead of ~10 elementwise passes per tensor
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=_fusable(params))
     if name == "sgd":
         # dampening=momentum makes the buffer an exponential moving average of the gradient,
         # which is the official code's "smoothing 0.9" (grad_avg = 0.9 grad_avg + 0.1 grad).
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, dampening=momentum, weight_decay=weight_decay)
+        # fused (CPU and CUDA): one pass over each tensor; measured 0.6 ms less per 3 x 1000 step
+        # than the default multi-pass update on 2 CPU threads (BENCHMARKS.md).
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, dampening=momentum, weight_decay=weight_decay,
+                               fused=_fusable(params))
     raise ConfigError(f"optimizer={name!r}: choose adam or sgd")
 
 
@@ -326,6 +334,11 @@ def supervised_ff_task(cfg: SupervisedFFConfig, device: torch.device) -> Task:
     engine = cfg.engine if cfg.engine != "auto" else ("analytic" if analytic.supports(net) else "autograd")
     analytic_dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else None
 
+    ff_update = analytic.LabelledInput.ff_backward
+    if cfg.compile:
+        if engine != "fused":
+            raise ConfigError(f"compile=true applies to engine=fused only (this run: engine={engine})")
+        ff_update = analytic.compiled_ff_backward(device)
     if cfg.neutral_every < 1:
         raise ConfigError(f"neutral_every={cfg.neutral_every} must be >= 1")
     # Per-image hard-negative probabilities from the last neutral pass that saw the image
@@ -380,7 +393,7 @@ def supervised_ff_task(cfg: SupervisedFFConfig, device: torch.device) -> Task:
                 cached_probs(idx)[idx] = probs.float()
         y_neg = sample_negatives(probs, y, g)
         if li is not None:
-            loss = li.ff_backward(y, y_neg)
+            loss = ff_update(li, y, y_neg)
         else:
             # Positive and negative passes as one batched product per layer.
             x_pn = torch.cat([overlay_label(x, y, num_classes), overlay_label(x, y_neg, num_classes)])

@@ -14,6 +14,9 @@ def add_parser(sub) -> None:
     p.add_argument("--engine", choices=["auto", "analytic", "fused", "autograd"], default="auto")
     p.add_argument("--neutral-every", type=int, default=1,
                    help="neutral pass on every k-th step only (hard negatives from cached probabilities)")
+    p.add_argument("--optimizer", choices=["adam", "sgd"], default="adam",
+                   help="optimizer of the FF layers, the head and the BP baseline")
+    p.add_argument("--compile", action="store_true", help="torch.compile the fused engine's update (engine fused)")
     p.add_argument("--steps", type=int, default=30, help="training steps per repetition")
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--device", default="auto")
@@ -32,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
     hidden = tuple(int(h) for h in _expand_times(args.hidden))
     res = run_benchmark(hidden, batch_size=args.batch_size, dtype=args.dtype, negatives=args.negatives,
                         steps=args.steps, reps=args.reps, device=args.device,
-                        engine=args.engine, neutral_every=args.neutral_every)
+                        engine=args.engine, neutral_every=args.neutral_every,
+                        optimizer=args.optimizer, compile=args.compile)
     if args.json == "-":
         print(json.dumps(res, indent=2))
         return 0
