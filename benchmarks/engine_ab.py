@@ -1,0 +1,74 @@
+"""Interleaved A/B timing of supervised-FF training options in one process (issue 3).
+
+    python benchmarks/engine_ab.py --dtype float32 optimizer=adam optimizer=adam,compile=true \
+        optimizer=sgd optimizer=sgd,compile=true
+
+Each positional argument is one variant: comma-separated config overrides on top of the base
+(``--hidden``, batch 100, ``engine=fused``, ``neutral_every=4``, ``--dtype``). All variants are
+built in one process and timed in turns, ``--steps`` training steps each, ``--rounds`` times, so
+that the machine's slow and fast periods (this 2-core VM drifts by 10-20% within minutes) fall on
+every variant alike; ``fflab bench`` runs one variant per process and cannot cancel that drift.
+Prints the median, first quartile and minimum ms per step of each variant. Random MNIST-shaped
+data; compilation and warm-up excluded. Not a test: nothing is asserted.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import torch
+
+from fflab.config import SupervisedFFConfig, _expand_times, apply_overrides
+from fflab.train import build_task
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("variants", nargs="+", help="comma-separated overrides per variant, e.g. optimizer=sgd,compile=true")
+    ap.add_argument("--hidden", default="1000x3")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=20, help="steps per timed turn")
+    ap.add_argument("--rounds", type=int, default=15)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    base = {"hidden": tuple(int(h) for h in _expand_times(args.hidden)), "batch_size": 100, "engine": "fused",
+            "neutral_every": 4, "dtype": args.dtype, "device": "cpu"}
+    print(f"torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}, "
+          f"hidden {args.hidden}, batch 100, {args.dtype}, engine fused, neutral_every 4, "
+          f"{args.rounds} rounds x {args.steps} steps")
+    g = torch.Generator().manual_seed(0)
+    n = 100 * args.steps
+    x = (torch.rand(n, 784, generator=g) > 0.8).float()
+    y = torch.randint(0, 10, (n,), generator=g)
+    idx = torch.arange(n)
+    tasks = []
+    for variant in args.variants:
+        cfg = apply_overrides(apply_overrides(SupervisedFFConfig(), base), variant.split(","))
+        task = build_task(cfg, torch.device("cpu"))
+        task.train(True)
+        tasks.append(task)
+
+    def turn(task) -> float:
+        start = time.perf_counter()
+        for i in range(args.steps):
+            sl = slice(i * 100, (i + 1) * 100)
+            task.step(x[sl], y[sl], g, idx[sl])
+        return (time.perf_counter() - start) / args.steps * 1e3
+
+    for task in tasks:   # warm-up, and compilation where asked for
+        turn(task)
+    times: list[list[float]] = [[] for _ in tasks]
+    for _ in range(args.rounds):
+        for t, task in zip(times, tasks):
+            t.append(turn(task))
+    for variant, t in zip(args.variants, times):
+        t.sort()
+        print(f"{variant:40s} ms/step median {statistics.median(t):6.2f}  q1 {t[len(t) // 4]:6.2f}  min {t[0]:6.2f}"
+              f"  -> {statistics.median(t) * 500 / 1e3:5.2f} s per 50k-image epoch")
+
+
+if __name__ == "__main__":
+    main()
