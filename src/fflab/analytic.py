@@ -22,7 +22,6 @@ from typing import Callable
 import torch
 
 from .errors import ConfigError
-
 from .layers import FFDense, fp32_accum, normalize
 from .nets import FFNet
 
@@ -189,8 +188,9 @@ def compiled_ff_backward(device: torch.device) -> Callable[..., torch.Tensor]:
     The products stay library calls; what compiling buys is the elementwise work between them
     (goodness, sigmoid, dL/dz, peer normalization, length normalization, dtype casts) fused into a
     few loops instead of ~15 passes over each (2B, D) activity tensor. The first call compiles
-    (seconds); a new batch size (e.g. a short last batch) compiles once more. Same gradients as the
-    eager function up to float rounding (tests/test_analytic.py).
+    (seconds); a new batch size (e.g. a short last batch) compiles once more, and so does each new
+    net in the same process (torch falls back to eager, with a warning, after its recompile limit).
+    Same gradients as the eager function up to float rounding (tests/test_analytic.py).
     """
     # Inductor writes C++ for CPU kernels: without a compiler the first training step would fail
     # deep inside torch, so say so now.
