@@ -33,8 +33,12 @@ def supports(net: FFNet) -> bool:
     return all(type(layer) is FFDense and layer.goodness_name in _SIGN for layer in net.layers)
 
 
-def _local_dz(layer: FFDense, h: torch.Tensor, b_pos: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """dL/dz of the layer's own loss for activities h = relu(z) of [positives; negatives], and the loss."""
+def local_dz(layer: FFDense, h: torch.Tensor, b_pos: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """dL/dz of the layer's own loss for activities h = relu(z) of [positives; negatives], and the loss.
+
+    Shared by every analytic engine (this module and ``recurrent_fused``): the layer's loss does
+    not depend on how h was computed, only on h and which rows are positive (the first b_pos).
+    """
     hf = fp32_accum(h)
     b_neg = hf.shape[0] - b_pos
     bs = layer.block_size or layer.num_units
@@ -58,7 +62,8 @@ def _local_dz(layer: FFDense, h: torch.Tensor, b_pos: int) -> tuple[torch.Tensor
     return dz, loss
 
 
-def _cast(t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+def cast_to(t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """``t`` in the products' dtype (None: keep the parameters' own dtype, no copy)."""
     return t if dtype is None else t.to(dtype)
 
 
@@ -68,14 +73,14 @@ def _dense_backward(layers, x: torch.Tensor, num_pos: int, eps: float, dtype: to
     ``weights``: the layers' weights already cast to ``dtype`` (saves a cast per product)."""
     for i, layer in enumerate(layers):
         w, bias = layer.weight, layer.bias
-        xin = _cast(x, dtype)
-        wc = weights[i] if weights is not None else _cast(w, dtype)
+        xin = cast_to(x, dtype)
+        wc = weights[i] if weights is not None else cast_to(w, dtype)
         z = torch.addmm(bias.to(xin.dtype), xin, wc.t())               # (2B, out)
         h = z.relu_()                                                  # in place: z is not needed again
         hs.append(h)
-        dz, loss = _local_dz(layer, h, num_pos)
+        dz, loss = local_dz(layer, h, num_pos)
         total = total + loss
-        w.grad = torch.mm(_cast(dz, dtype).t(), xin).to(w.dtype)       # (out, in): the update's only product
+        w.grad = torch.mm(cast_to(dz, dtype).t(), xin).to(w.dtype)       # (out, in): the update's only product
         bias.grad = dz.sum(0).to(bias.dtype)
         x = normalize(h, eps)
     return total
@@ -113,8 +118,8 @@ class LabelledInput:
         self.img[:, :num_classes] = 0
         self.sq = self.img.square().sum(1)                     # (B,) squared length of the image part
         # Cast once per step: the neutral and the positive/negative passes share these copies.
-        self.weights = [_cast(layer.weight, dtype) for layer in net.layers]
-        self.img_c = _cast(self.img, dtype)
+        self.weights = [cast_to(layer.weight, dtype) for layer in net.layers]
+        self.img_c = cast_to(self.img, dtype)
         self.P = torch.mm(self.img_c, self.weights[0].t()).to(x.dtype)   # (B, out0)
         # The label columns as rows (C, out0): gathering rows is contiguous, columns of W are strided.
         self.label_rows = net.layers[0].weight[:, :num_classes].t().contiguous()
@@ -154,7 +159,7 @@ class LabelledInput:
         """Given the first layer's activities, those of every layer (the layers above share no work)."""
         hs = [h]
         for layer, wc in zip(self.net.layers[1:], self.weights[1:]):
-            xin = _cast(normalize(h, self.net.eps), self.dtype)
+            xin = cast_to(normalize(h, self.net.eps), self.dtype)
             h = torch.addmm(layer.bias.to(xin.dtype), xin, wc.t()).to(self.img.dtype).relu_()
             hs.append(h)
         return hs
@@ -167,10 +172,10 @@ class LabelledInput:
         z_pos, r = self.first_z(y_pos)
         z_neg, _ = self.first_z(y_neg)
         h = torch.cat([z_pos, z_neg]).relu_()                 # (2B, out0)
-        dz, total = _local_dz(layer0, h, b)
+        dz, total = local_dz(layer0, h, b)
         dz_r = dz / torch.cat([r, r])[:, None]                # the input rows were divided by r
         w0 = layer0.weight
-        grad = torch.mm(_cast(dz_r[:b] + dz_r[b:], self.dtype).t(), self.img_c).to(self.img.dtype)
+        grad = torch.mm(cast_to(dz_r[:b] + dz_r[b:], self.dtype).t(), self.img_c).to(self.img.dtype)
         # The label columns: each case adds its dz row to the column of its label (rows of a
         # (C, out0) sum are contiguous; two one-hot products cost more for the same numbers).
         label_grad = dz_r.new_zeros(self.num_classes, dz_r.shape[1]).index_add_(0, torch.cat([y_pos, y_neg]), dz_r)

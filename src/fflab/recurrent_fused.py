@@ -8,7 +8,7 @@ recurrent net does not need. With ``c_l(t) = relu(a_l(t))``,
     dL/da_l(t) = (1-d) * dL/dh_l(t) * [a_l(t) > 0]
     dL/dW_l = sum_t dL/da_l(t)^T n_{l-1}(t-1),   dL/dV_l = sum_t dL/da_l(t)^T n_{l+1}(t-1)
 
-where dL/dh_l(t) is the plain FF gradient of the layer's own loss (``analytic._local_dz``). So:
+where dL/dh_l(t) is the plain FF gradient of the layer's own loss (``analytic.local_dz``). So:
 
 - the image is clamped, and the positive and negative runs share it: the first layer's image
   product ``W_0 n_0`` is computed once per step for B rows (it also is the bottom-up
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .analytic import _cast, _local_dz
+from .analytic import cast_to, local_dz
 from .layers import fp32_accum, normalize
 
 __all__ = ["BottomUp", "bottom_up", "trajectory", "recurrent_backward"]
@@ -49,13 +49,13 @@ class BottomUp:
 def bottom_up(net, x: torch.Tensor, dtype: torch.dtype | None = None) -> BottomUp:
     """The bottom-up initialization (t = 0) of ``net.init_states``, keeping the image product."""
     layers, eps = net.layers, net.eps
-    img = _cast(normalize(x, eps), dtype)
-    W = [_cast(layer.weight, dtype) for layer in layers]
-    a0 = fp32_accum(torch.addmm(_cast(layers[0].bias, img.dtype), img, W[0].t()))
+    img = cast_to(normalize(x, eps), dtype)
+    W = [cast_to(layer.weight, dtype) for layer in layers]
+    a0 = fp32_accum(torch.addmm(cast_to(layers[0].bias, img.dtype), img, W[0].t()))
     init = [a0.relu()]
     for layer, w in zip(layers[1:], W[1:]):
-        below = _cast(normalize(init[-1], eps), dtype)
-        init.append(fp32_accum(torch.addmm(_cast(layer.bias, below.dtype), below, w.t())).relu_())
+        below = cast_to(normalize(init[-1], eps), dtype)
+        init.append(fp32_accum(torch.addmm(cast_to(layer.bias, below.dtype), below, w.t())).relu_())
     return BottomUp(img, a0, init, W)
 
 
@@ -68,20 +68,20 @@ def trajectory(net, bu: BottomUp, top: torch.Tensor, iterations: int, dtype: tor
     """
     layers, d, eps = net.layers, net.damping, net.eps
     reps = top.shape[0] // bu.img.shape[0]
-    W, V = bu.weights, [_cast(layer.weight_down, dtype) for layer in layers]
+    W, V = bu.weights, [cast_to(layer.weight_down, dtype) for layer in layers]
     # Clamped inputs, computed once: the image term (B rows, shared by all R runs of an image)
     # and the label term of the top layer.
     a_img = bu.a0.repeat(reps, 1)
     a_top = fp32_accum(torch.mm(top.to(V[-1].dtype), V[-1].t()))
     states = [h.repeat(reps, 1) for h in bu.init]
     for _ in range(iterations):
-        n = [_cast(normalize(h, eps), dtype) for h in states]
+        n = [cast_to(normalize(h, eps), dtype) for h in states]
         c, new = [], []
         for l, layer in enumerate(layers):
             if l == 0:
                 a = a_img.clone()
             else:
-                a = fp32_accum(torch.addmm(_cast(layer.bias, n[l - 1].dtype), n[l - 1], W[l].t()))
+                a = fp32_accum(torch.addmm(cast_to(layer.bias, n[l - 1].dtype), n[l - 1], W[l].t()))
             a += fp32_accum(torch.mm(n[l + 1], V[l].t())) if l + 1 < len(layers) else a_top
             c.append(a.relu_())
             new.append(states[l].mul(d).add_(c[-1], alpha=1 - d))
@@ -107,7 +107,7 @@ def recurrent_backward(net, bu: BottomUp, top: torch.Tensor, iterations: int, *,
     for n, c, h in trajectory(net, bu, top, iterations, dtype):
         normed_in.append(n)
         for l, layer in enumerate(layers):
-            dh, loss = _local_dz(layer, h[l], b)
+            dh, loss = local_dz(layer, h[l], b)
             total += loss
             da[l].append(dh.mul_(c[l] > 0).mul_(1 - d))                      # dL/da_l(t), (2B, D_l)
     # Each hidden layer's states at t-1 over all iterations, stacked along the batch axis: the
@@ -115,14 +115,14 @@ def recurrent_backward(net, bu: BottomUp, top: torch.Tensor, iterations: int, *,
     inputs = [torch.cat([n[j] for n in normed_in]) for j in range(L)]
     for l, layer in enumerate(layers):
         summed = torch.stack(da[l]).sum(0)                                   # over iterations, (2B, D_l)
-        g_all = _cast(torch.cat(da[l]), dtype)                                # (T*2B, D_l)
+        g_all = cast_to(torch.cat(da[l]), dtype)                                # (T*2B, D_l)
         if l == 0:   # image input: sum over iterations and over the positive/negative halves first
-            layer.weight.grad = fp32_accum(torch.mm(_cast(summed[:b] + summed[b:], dtype).t(), bu.img))
+            layer.weight.grad = fp32_accum(torch.mm(cast_to(summed[:b] + summed[b:], dtype).t(), bu.img))
         else:
             layer.weight.grad = fp32_accum(torch.mm(g_all.t(), inputs[l - 1]))
         if l + 1 < L:
             layer.weight_down.grad = fp32_accum(torch.mm(g_all.t(), inputs[l + 1]))
         else:        # label input: clamped, so one product of the iteration-summed gradients
-            layer.weight_down.grad = fp32_accum(torch.mm(_cast(summed, dtype).t(), _cast(top, dtype)))
+            layer.weight_down.grad = fp32_accum(torch.mm(cast_to(summed, dtype).t(), cast_to(top, dtype)))
         layer.bias.grad = summed.sum(0)
     return total
