@@ -20,8 +20,8 @@ import time
 
 import torch
 
+from fflab.bench import training_loop
 from fflab.config import SupervisedFFConfig, _expand_times, apply_overrides
-from fflab.train import build_task
 
 
 def main() -> None:
@@ -39,31 +39,22 @@ def main() -> None:
     print(f"torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}, "
           f"hidden {args.hidden}, batch 100, {args.dtype}, engine fused, neutral_every 4, "
           f"{args.rounds} rounds x {args.steps} steps")
-    g = torch.Generator().manual_seed(0)
-    n = 100 * args.steps
-    x = (torch.rand(n, 784, generator=g) > 0.8).float()
-    y = torch.randint(0, 10, (n,), generator=g)
-    idx = torch.arange(n)
-    tasks = []
+    runs = []   # each variant's task running --steps steps on synthetic MNIST-shaped data (as fflab bench)
     for variant in args.variants:
         cfg = apply_overrides(apply_overrides(SupervisedFFConfig(), base), variant.split(","))
-        task = build_task(cfg, torch.device("cpu"))
-        task.train(True)
-        tasks.append(task)
+        runs.append(training_loop(cfg, args.steps)[1])
 
-    def turn(task) -> float:
+    def turn(run) -> float:
         start = time.perf_counter()
-        for i in range(args.steps):
-            sl = slice(i * 100, (i + 1) * 100)
-            task.step(x[sl], y[sl], g, idx[sl])
+        run()
         return (time.perf_counter() - start) / args.steps * 1e3
 
-    for task in tasks:   # warm-up, and compilation where asked for
-        turn(task)
-    times: list[list[float]] = [[] for _ in tasks]
+    for run in runs:   # warm-up, and compilation where asked for
+        turn(run)
+    times: list[list[float]] = [[] for _ in runs]
     for _ in range(args.rounds):
-        for t, task in zip(times, tasks):
-            t.append(turn(task))
+        for t, run in zip(times, runs):
+            t.append(turn(run))
     for variant, t in zip(args.variants, times):
         t.sort()
         print(f"{variant:40s} ms/step median {statistics.median(t):6.2f}  q1 {t[len(t) // 4]:6.2f}  min {t[0]:6.2f}"

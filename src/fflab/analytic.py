@@ -187,6 +187,11 @@ class LabelledInput:
                                weights=self.weights[1:])
 
 
+def has_cxx_compiler() -> bool:
+    """True when a C++ compiler is on the PATH: inductor writes C++ for CPU kernels."""
+    return any(shutil.which(c) for c in ("g++", "c++", "clang++"))
+
+
 def compiled_ff_backward(device: torch.device) -> Callable[..., torch.Tensor]:
     """``LabelledInput.ff_backward`` through ``torch.compile`` (inductor, static shapes).
 
@@ -199,7 +204,7 @@ def compiled_ff_backward(device: torch.device) -> Callable[..., torch.Tensor]:
     """
     # Inductor writes C++ for CPU kernels: without a compiler the first training step would fail
     # deep inside torch, so say so now.
-    if device.type == "cpu" and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+    if device.type == "cpu" and not has_cxx_compiler():
         raise ConfigError("compile=true needs a C++ compiler (g++ or clang++) on the PATH for "
                           "torch.compile on CPU; install one or set compile=false")
     return torch.compile(LabelledInput.ff_backward, dynamic=False)

@@ -68,7 +68,7 @@ def _synthetic(n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor
     return x.to(device), y.to(device)
 
 
-def _training_loop(cfg: Any, steps: int) -> tuple[Any, Callable[[], None]]:
+def training_loop(cfg: Any, steps: int) -> tuple[Any, Callable[[], None]]:
     """A task of ``cfg`` and a function running ``steps`` training steps on synthetic MNIST-shaped data."""
     device = resolve_device(cfg.device)
     task = build_task(cfg, device)
@@ -90,7 +90,7 @@ def _training_loop(cfg: Any, steps: int) -> tuple[Any, Callable[[], None]]:
 
 def train_throughput(cfg: Any, *, steps: int, reps: int) -> dict[str, float]:
     """Images per second of the real training step (synthetic MNIST-shaped data)."""
-    _, run = _training_loop(cfg, steps)
+    _, run = training_loop(cfg, steps)
     return _summary(_timeit(run, reps=reps), steps * cfg.batch_size)
 
 
@@ -101,7 +101,7 @@ def update_cost_ms(cfg: Any, *, steps: int, reps: int) -> float:
     cancels in each pair. In place matters: the updates' passes over weights, gradients and
     optimizer state also evict the products' operands from cache, which timing ``opt.step()``
     alone would miss."""
-    task, run = _training_loop(cfg, steps)
+    task, run = training_loop(cfg, steps)
     real = {k: opt.step for k, opt in task.optimizers.items()}
 
     def no_update() -> None:
