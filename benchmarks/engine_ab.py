@@ -10,6 +10,13 @@ that the machine's slow and fast periods (this 2-core VM drifts by 10-20% within
 every variant alike; ``fflab bench`` runs one variant per process and cannot cancel that drift.
 Prints the median, first quartile and minimum ms per step of each variant. Random MNIST-shaped
 data; compilation and warm-up excluded. Not a test: nothing is asserted.
+
+One pseudo-override is not a config key: ``update=plain`` builds the variant without
+``update.CompiledUpdate`` (which ``compile=true`` uses with bf16), i.e. with torch's own fused
+optimizer step and per-step weight casts, to measure what the compiled update buys:
+
+    python benchmarks/engine_ab.py --dtype bfloat16 optimizer=adam,compile=true,update=plain \
+        optimizer=adam,compile=true
 """
 from __future__ import annotations
 
@@ -20,6 +27,7 @@ import time
 
 import torch
 
+from fflab import update
 from fflab.bench import training_loop
 from fflab.config import SupervisedFFConfig, _expand_times, apply_overrides
 
@@ -41,8 +49,16 @@ def main() -> None:
           f"{args.rounds} rounds x {args.steps} steps")
     runs = []   # each variant's task running --steps steps on synthetic MNIST-shaped data (as fflab bench)
     for variant in args.variants:
-        cfg = apply_overrides(apply_overrides(SupervisedFFConfig(), base), variant.split(","))
-        runs.append(training_loop(cfg, args.steps)[1])
+        overrides = variant.split(",")
+        plain = "update=plain" in overrides
+        cfg = apply_overrides(apply_overrides(SupervisedFFConfig(), base), [o for o in overrides if o != "update=plain"])
+        real = update.CompiledUpdate
+        if plain:   # the task builder then finds no compiled update and calls opt.step()
+            update.CompiledUpdate = lambda *a, **k: None
+        try:
+            runs.append(training_loop(cfg, args.steps)[1])
+        finally:
+            update.CompiledUpdate = real
 
     def turn(run) -> float:
         start = time.perf_counter()

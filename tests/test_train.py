@@ -39,9 +39,15 @@ def test_same_seed_same_numbers(tmp_path, tiny_mnist):
     assert a["test_error_goodness"] == b["test_error_goodness"]
 
 
-@pytest.mark.parametrize("extra", [{}, {"neutral_every": 3, "engine": "fused"}])
+@pytest.mark.parametrize("extra", [
+    {}, {"neutral_every": 3, "engine": "fused"},
+    pytest.param({"engine": "fused", "compile": True, "dtype": "bfloat16"},
+                 marks=pytest.mark.skipif(not __import__("fflab.analytic").analytic.has_cxx_compiler(),
+                                          reason="torch.compile on CPU needs a C++ compiler"))])
 def test_resume_equals_uninterrupted(tmp_path, tiny_mnist, extra):
-    # neutral_every > 1 keeps cached per-image probabilities, which must survive the checkpoint too
+    # neutral_every > 1 keeps cached per-image probabilities, which must survive the checkpoint too;
+    # compile with bf16 keeps its optimizer state in the torch optimizer and its bf16 weight copies
+    # are made again from the loaded weights
     full = fit(small_cfg(**extra), str(tmp_path / "full"), progress=False, log=lambda s: None)
     part = fit(small_cfg(**extra), str(tmp_path / "part"), progress=False, log=lambda s: None, stop_after_epoch=1)
     assert part == {"interrupted_after_epoch": 1}

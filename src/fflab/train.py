@@ -335,10 +335,19 @@ def supervised_ff_task(cfg: SupervisedFFConfig, device: torch.device) -> Task:
     analytic_dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else None
 
     ff_update = analytic.LabelledInput.ff_backward
+    compiled_update = None
     if cfg.compile:
         if engine != "fused":
             raise ConfigError(f"compile=true applies to engine=fused only (this run: engine={engine})")
         ff_update = analytic.compiled_ff_backward(device)
+        if analytic_dtype is not None:
+            # bf16: the net's optimizer step compiled too, taking the bf16 gradients as they leave
+            # their products and writing the bf16 weight copies the next step's products read
+            # (same update as opt.step(), tests/test_update.py; 0.4-0.7 ms less per 3 x 1000
+            # step, BENCHMARKS.md). In fp32 torch's fused step is as fast, so it stays.
+            from .update import CompiledUpdate
+            compiled_update = CompiledUpdate(opt, copied=[layer.weight for layer in net.layers],
+                                             dtype=analytic_dtype)
     if cfg.neutral_every < 1:
         raise ConfigError(f"neutral_every={cfg.neutral_every} must be >= 1")
     # Per-image hard-negative probabilities from the last neutral pass that saw the image
@@ -377,7 +386,9 @@ def supervised_ff_task(cfg: SupervisedFFConfig, device: torch.device) -> Task:
         opt.zero_grad(set_to_none=True)
         head_opt.zero_grad(set_to_none=True)
         head_loss = None
-        li = analytic.LabelledInput(net, x, num_classes, dtype=analytic_dtype) if engine == "fused" else None
+        li = (analytic.LabelledInput(net, x, num_classes, dtype=analytic_dtype,
+                                     weights=compiled_update.weights() if compiled_update is not None else None)
+              if engine == "fused" else None)
         if stale:
             probs = cached_probs(idx)[idx]
         else:
@@ -392,8 +403,9 @@ def supervised_ff_task(cfg: SupervisedFFConfig, device: torch.device) -> Task:
             if cfg.neutral_every > 1 and idx is not None:
                 cached_probs(idx)[idx] = probs.float()
         y_neg = sample_negatives(probs, y, g)
+        grads: list[torch.Tensor] | None = [] if compiled_update is not None else None
         if li is not None:
-            loss = ff_update(li, y, y_neg)
+            loss = ff_update(li, y, y_neg, grads)
         else:
             # Positive and negative passes as one batched product per layer.
             x_pn = torch.cat([overlay_label(x, y, num_classes), overlay_label(x, y_neg, num_classes)])
@@ -406,7 +418,10 @@ def supervised_ff_task(cfg: SupervisedFFConfig, device: torch.device) -> Task:
                 loss.backward()
         if head_loss is not None:
             head_loss.backward()
-        opt.step()
+        if compiled_update is not None:
+            compiled_update.step(grads)
+        else:
+            opt.step()
         head_opt.step()
         return loss.detach()
 

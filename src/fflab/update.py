@@ -1,0 +1,135 @@
+"""The FF net's optimizer step fused with its low-precision weight copies (issue 3, paper section 2).
+
+With ``dtype=bfloat16`` every training step, done the plain way, makes three extra passes over
+the weights besides the optimizer's own: each weight gradient leaves its bf16 product and is
+widened to fp32 (``.grad`` must match the fp32 master weight), the optimizer reads it back, and
+the next step narrows every master weight to bf16 again for its products. ``CompiledUpdate``
+does all of it in one compiled loop per tensor: it reads the master weight, the bf16 gradient and
+the optimizer state, and writes the new weight, the new state and the bf16 copy the next step's
+products use. For fp32 it is the same update without the copies, one call for all tensors.
+
+The arithmetic is torch's own SGD (momentum, dampening, L2 weight decay) and Adam (L2 weight
+decay, no amsgrad), and the state lives in the torch optimizer's ``state`` under torch's keys, so
+``state_dict``, checkpoints and resuming are those of the plain optimizer, and a run may switch
+between the two (``tests/test_update.py`` compares them step by step). The first step of each
+tensor is left to torch, so its state starts exactly as torch starts it.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def _sgd(params, grads, bufs, copies, lr, *, momentum: float, dampening: float, weight_decay: float):
+    for p, g, buf, c in zip(params, grads, bufs, copies):
+        d = g.to(p.dtype)
+        if weight_decay:
+            d = d + weight_decay * p
+        buf.mul_(momentum).add_(d, alpha=1 - dampening)
+        p.sub_(lr * buf)
+        if c is not None:
+            c.copy_(p)
+
+
+def _adam(params, grads, exp_avgs, exp_avg_sqs, copies, step_sizes, bias_correction2_sqrts, *, beta1: float,
+          beta2: float, eps: float, weight_decay: float):
+    # The bias corrections arrive computed (one value per tensor, as torch computes them on the
+    # host): written here as powers of the step they would be evaluated for every element.
+    for i, (p, g, m, v, c) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs, copies)):
+        d = g.to(p.dtype)
+        if weight_decay:
+            d = d + weight_decay * p
+        m.lerp_(d, 1 - beta1)
+        v.mul_(beta2).addcmul_(d, d, value=1 - beta2)
+        p.sub_(step_sizes[i] * m / (v.sqrt() / bias_correction2_sqrts[i] + eps))
+        if c is not None:
+            c.copy_(p)
+
+
+class CompiledUpdate:
+    """``opt.step()`` for gradients of any float dtype, compiled, refreshing ``dtype`` copies of
+    the ``copied`` parameters (e.g. the weight matrices the products read) in the same pass.
+
+    ``opt``: a torch SGD or Adam over one param group. ``dtype``: the copies' dtype, or None for no
+    copies. Use ``weights()`` for the copies (recast if anything else changed a parameter since the
+    last step, e.g. loading a checkpoint) and ``step(grads)`` with one gradient per parameter.
+    """
+
+    def __init__(self, opt: torch.optim.Optimizer, *, copied: list[torch.nn.Parameter],
+                 dtype: torch.dtype | None):
+        if len(opt.param_groups) != 1:
+            raise ValueError("CompiledUpdate handles an optimizer with one param group")
+        group = opt.param_groups[0]
+        if isinstance(opt, torch.optim.SGD):
+            if group["nesterov"] or group["maximize"] or not group["momentum"]:
+                raise ValueError("CompiledUpdate's SGD needs momentum > 0, no nesterov, no maximize")
+            self._keys = ("momentum_buffer",)
+            self._fn = _sgd
+            self._hyper = {"momentum": group["momentum"], "dampening": group["dampening"],
+                           "weight_decay": group["weight_decay"]}
+        elif isinstance(opt, torch.optim.Adam):
+            if group["amsgrad"] or group["maximize"] or isinstance(group["lr"], torch.Tensor):
+                raise ValueError("CompiledUpdate's Adam needs amsgrad=False, maximize=False, a float lr")
+            self._keys = ("exp_avg", "exp_avg_sq", "step")
+            self._fn = _adam
+            beta1, beta2 = group["betas"]
+            self._hyper = {"beta1": beta1, "beta2": beta2, "eps": group["eps"],
+                           "weight_decay": group["weight_decay"]}
+        else:
+            raise ValueError(f"CompiledUpdate handles SGD and Adam, not {type(opt).__name__}")
+        self.opt, self.dtype = opt, dtype
+        self.params: list[torch.nn.Parameter] = list(group["params"])
+        ids = {id(p) for p in copied}
+        self._copied = [id(p) in ids for p in self.params]
+        self._copies: list[torch.Tensor | None] = [
+            torch.empty_like(p, dtype=dtype) if dtype is not None and is_copied else None
+            for p, is_copied in zip(self.params, self._copied)]
+        self._versions: list[int] | None = None    # the params' versions when the copies were made
+        self._compiled = torch.compile(self._fn, dynamic=False)
+
+    def _stale(self) -> bool:
+        return self._versions != [p._version for p in self.params]
+
+    @torch.no_grad()
+    def weights(self) -> list[torch.Tensor]:
+        """The ``dtype`` copies of the copied parameters, in parameter order (with no dtype, the
+        parameters themselves)."""
+        if self._stale():
+            for p, c in zip(self.params, self._copies):
+                if c is not None:
+                    c.copy_(p)
+            self._versions = [p._version for p in self.params]
+        return [c if c is not None else p.detach()
+                for p, c, is_copied in zip(self.params, self._copies, self._copied) if is_copied]
+
+    @torch.no_grad()
+    def step(self, grads: list[torch.Tensor]) -> None:
+        """One optimizer step with ``grads`` (one per parameter, any float dtype)."""
+        if len(grads) != len(self.params):
+            raise ValueError(f"{len(grads)} gradients for {len(self.params)} parameters")
+        state = self.opt.state
+        if any(p not in state for p in self.params):
+            # First step: torch initializes its own state (SGD's buffer starts as the gradient).
+            for p, g in zip(self.params, grads):
+                p.grad = g.to(p.dtype)
+            self.opt.step()
+            for p in self.params:
+                p.grad = None
+            self._versions = None
+            self.weights()
+            return
+        lr = self.opt.param_groups[0]["lr"]
+        per_key = [[state[p][k] for p in self.params] for k in self._keys]
+        if self._fn is _adam:
+            # torch's Adam: step counts are tensors, bias corrections are host floats
+            steps = per_key.pop()
+            counts = [float(s.add_(1)) for s in steps]
+            b1, b2 = self._hyper["beta1"], self._hyper["beta2"]
+            scalars = (torch.tensor([lr / (1 - b1 ** k) for k in counts]),
+                       torch.tensor([math.sqrt(1 - b2 ** k) for k in counts]))
+        else:   # lr changes between epochs: as a tensor it does not recompile the update
+            scalars = (torch.tensor(lr, dtype=torch.float32),)
+        self._compiled(self.params, grads, *per_key, self._copies, *scalars, **self._hyper)
+        self._versions = [p._version for p in self.params]
+

@@ -1,0 +1,116 @@
+"""update.CompiledUpdate: torch's SGD / Adam step, compiled, from low-precision gradients."""
+import copy
+
+import pytest
+import torch
+
+from fflab.analytic import has_cxx_compiler
+from fflab.update import CompiledUpdate
+
+needs_compiler = pytest.mark.skipif(not has_cxx_compiler(), reason="torch.compile on CPU needs a C++ compiler")
+
+OPTIMIZERS = {
+    # the official EMA smoothing (dampening = momentum) with weight decay, as make_optimizer builds it
+    "sgd": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, dampening=0.9, weight_decay=1e-2, fused=True),
+    "adam": lambda ps: torch.optim.Adam(ps, lr=1e-2, weight_decay=1e-2, fused=True),
+}
+
+
+def _params():
+    g = torch.Generator().manual_seed(0)
+    return [torch.nn.Parameter(torch.randn(6, 5, generator=g)), torch.nn.Parameter(torch.randn(6, generator=g))]
+
+
+def _grads(step):
+    g = torch.Generator().manual_seed(100 + step)
+    return [torch.randn(6, 5, generator=g), torch.randn(6, generator=g)]
+
+
+@needs_compiler
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_same_steps_and_state_as_the_torch_optimizer(name):
+    """Four steps, a learning-rate change between them (as the epoch schedule makes): the same
+    parameters and the same optimizer state (under torch's keys) as torch's own step."""
+    ref_params, params = _params(), _params()
+    ref, opt = OPTIMIZERS[name](ref_params), OPTIMIZERS[name](params)
+    update = CompiledUpdate(opt, copied=params[:1], dtype=None)
+    for step in range(4):
+        if step == 2:
+            for o in (ref, opt):
+                o.param_groups[0]["lr"] *= 0.5
+        grads = _grads(step)
+        for p, g in zip(ref_params, grads):
+            p.grad = g.clone()
+        ref.step()
+        update.step(grads)
+        for p, q in zip(ref_params, params):
+            torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6)
+    for p, q in zip(ref_params, params):
+        for key, value in ref.state[p].items():
+            torch.testing.assert_close(opt.state[q][key], value, rtol=1e-5, atol=1e-6)
+    assert all(p.grad is None for p in params)   # the first (torch) step leaves no stale .grad behind
+
+
+@needs_compiler
+def test_bf16_gradients_and_copies():
+    """bf16 gradients are widened exactly; the copies are the new weights rounded to bf16, and
+    are made again when something else changes a weight (here: loading a checkpoint)."""
+    ref_params, params = _params(), _params()
+    ref, opt = OPTIMIZERS["sgd"](ref_params), OPTIMIZERS["sgd"](params)
+    update = CompiledUpdate(opt, copied=params[:1], dtype=torch.bfloat16)
+    (w16,) = update.weights()
+    assert w16.dtype == torch.bfloat16 and torch.equal(w16, params[0].detach().bfloat16())
+    for step in range(3):
+        grads = [g.bfloat16() for g in _grads(step)]
+        for p, g in zip(ref_params, grads):
+            p.grad = g.float()
+        ref.step()
+        update.step(grads)
+        torch.testing.assert_close(params[0], ref_params[0], rtol=1e-5, atol=1e-6)
+        (w16,) = update.weights()
+        assert torch.equal(w16, params[0].detach().bfloat16())
+    saved = copy.deepcopy(params[0].detach())
+    with torch.no_grad():
+        params[0].mul_(2.0)                          # e.g. a notebook edit; stale copies must not be used
+    assert torch.equal(update.weights()[0], params[0].detach().bfloat16())
+    with torch.no_grad():
+        params[0].copy_(saved)                       # as load_state_dict does
+    assert torch.equal(update.weights()[0], saved.bfloat16())
+
+
+@needs_compiler
+def test_state_continues_in_the_plain_optimizer():
+    """A checkpoint's optimizer state from compiled steps resumes in torch's own optimizer."""
+    params = _params()
+    opt = OPTIMIZERS["adam"](params)
+    update = CompiledUpdate(opt, copied=[], dtype=None)
+    for step in range(2):
+        update.step(_grads(step))
+    plain_params = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    plain = OPTIMIZERS["adam"](plain_params)
+    plain.load_state_dict(copy.deepcopy(opt.state_dict()))   # as from a checkpoint file: no shared tensors
+    for p, g in zip(plain_params, _grads(2)):
+        p.grad = g
+    plain.step()
+    update.step(_grads(2))
+    for p, q in zip(plain_params, params):
+        torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda ps: torch.optim.SGD(ps, lr=0.1), "momentum"),
+    (lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True), "nesterov"),
+    (lambda ps: torch.optim.Adam(ps, amsgrad=True), "amsgrad"),
+    (lambda ps: torch.optim.RMSprop(ps), "SGD and Adam"),
+])
+def test_unsupported_optimizers_are_refused(make, match):
+    params = _params()
+    with pytest.raises(ValueError, match=match):
+        CompiledUpdate(make(params), copied=[], dtype=None)
+
+
+def test_wrong_number_of_gradients():
+    params = _params()
+    update = CompiledUpdate(OPTIMIZERS["sgd"](params), copied=[], dtype=None)
+    with pytest.raises(ValueError, match="1 gradients for 2 parameters"):
+        update.step(_grads(0)[:1])
