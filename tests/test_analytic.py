@@ -70,6 +70,32 @@ def test_shared_label_input_equals_plain_path():
         assert torch.allclose(layer.bias.grad, gb, atol=1e-10)
 
 
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_gradients_into_a_list_equal_the_grad_attributes(dtype):
+    """``ff_backward(..., grads)`` (what update.CompiledUpdate consumes) hands out the same
+    gradients as ``.grad`` (exactly), in parameter order, and leaves ``.grad`` alone."""
+    import copy
+
+    from fflab.analytic import LabelledInput
+    torch.manual_seed(0)
+    net = FFNet.dense(40, [16, 12])
+    twin = copy.deepcopy(net)
+    x = torch.rand(6, 40)
+    y, y_neg = torch.tensor([0, 1, 2, 3, 4, 5]), torch.tensor([1, 2, 3, 4, 5, 0])
+    loss_ref = LabelledInput(net, x, num_classes=10, dtype=dtype).ff_backward(y, y_neg)
+    grads: list[torch.Tensor] = []
+    loss = LabelledInput(twin, x, num_classes=10, dtype=dtype).ff_backward(y, y_neg, grads)
+    assert loss.item() == loss_ref.item()
+    assert all(p.grad is None for p in twin.parameters())
+    assert len(grads) == len(list(net.parameters()))
+    for i, (g, p) in enumerate(zip(grads, net.parameters())):
+        # upper weight gradients as they leave their products; the first layer's (with its label
+        # columns) and the biases in fp32
+        expected = (dtype or torch.float32) if i >= 2 and g.dim() == 2 else torch.float32
+        assert g.dtype == expected
+        torch.testing.assert_close(g.float(), p.grad, rtol=0, atol=0)
+
+
 def test_each_label_forward_equals_plain_per_label_pass():
     from fflab.analytic import LabelledInput
     from fflab.negatives import overlay_label

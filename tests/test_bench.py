@@ -24,8 +24,12 @@ def test_bench_reports_every_measurement_and_counts_skipped_neutral_passes():
     assert "neutral_every 4" in format_table(sparse)
 
 
-def test_update_cost_restores_the_optimizers():
+@pytest.mark.parametrize("extra", [
+    {}, pytest.param({"engine": "fused", "compile": True, "dtype": "bfloat16"},   # the net steps via CompiledUpdate
+                     marks=pytest.mark.skipif(not __import__("fflab.analytic").analytic.has_cxx_compiler(),
+                                              reason="torch.compile on CPU needs a C++ compiler"))])
+def test_update_cost_restores_the_optimizers(extra):
     from fflab.bench import update_cost_ms
     from fflab.config import SupervisedFFConfig
-    cfg = SupervisedFFConfig(hidden=(8, 8), batch_size=4, device="cpu", optimizer="sgd")
+    cfg = SupervisedFFConfig(hidden=(8, 8), batch_size=4, device="cpu", optimizer="sgd", **extra)
     assert isinstance(update_cost_ms(cfg, steps=2, reps=2), float)   # and its own check passed

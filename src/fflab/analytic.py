@@ -203,7 +203,9 @@ class LabelledInput:
         dz_r = dz / torch.cat([r, r])[:, None]                # the input rows were divided by r
         w0 = layer0.weight
         grad = torch.mm(cast_to(dz_r[:b] + dz_r[b:], self.dtype).t(), self.img_c)
-        _put_grad(w0, grad, grads)
+        # In the parameter's dtype even for a list: add_label_grad then adds the label columns'
+        # sums (the image part of those columns is 0) without rounding them to bf16.
+        _put_grad(w0, grad.to(w0.dtype), grads)
         _put_grad(layer0.bias, dz.sum(0), grads)
         hs = [h]
         total = _dense_backward(net.layers[1:], normalize(h, net.eps), b, net.eps, self.dtype, total, hs,

@@ -34,8 +34,9 @@ def _sgd(params, grads, bufs, copies, lr, *, momentum: float, dampening: float, 
 
 def _adam(params, grads, exp_avgs, exp_avg_sqs, copies, step_sizes, bias_correction2_sqrts, *, beta1: float,
           beta2: float, eps: float, weight_decay: float):
-    # The bias corrections arrive computed (one value per tensor, as torch computes them on the
-    # host): written here as powers of the step they would be evaluated for every element.
+    # The bias corrections arrive computed, one value per tensor, as torch computes them on the
+    # host: written in here as powers of a step tensor, inductor evaluated them once per element
+    # (3 x slower than torch's fused Adam; measured).
     for i, (p, g, m, v, c) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs, copies)):
         d = g.to(p.dtype)
         if weight_decay:
@@ -121,15 +122,19 @@ class CompiledUpdate:
             return
         lr = self.opt.param_groups[0]["lr"]
         per_key = [[state[p][k] for p in self.params] for k in self._keys]
+        # Scalars that change go in as tensors (as floats, each new value would recompile),
+        # on the parameters' device so that the compiled kernels read them in place.
+        device = self.params[0].device
         if self._fn is _adam:
             # torch's Adam: step counts are tensors, bias corrections are host floats
             steps = per_key.pop()
-            counts = [float(s.add_(1)) for s in steps]
+            torch._foreach_add_(steps, 1)
+            counts = torch.stack(steps).tolist()    # one host read (a sync on a GPU), not one per tensor
             b1, b2 = self._hyper["beta1"], self._hyper["beta2"]
-            scalars = (torch.tensor([lr / (1 - b1 ** k) for k in counts]),
-                       torch.tensor([math.sqrt(1 - b2 ** k) for k in counts]))
-        else:   # lr changes between epochs: as a tensor it does not recompile the update
-            scalars = (torch.tensor(lr, dtype=torch.float32),)
+            scalars = (torch.tensor([lr / (1 - b1 ** k) for k in counts], device=device),
+                       torch.tensor([math.sqrt(1 - b2 ** k) for k in counts], device=device))
+        else:
+            scalars = (torch.tensor(lr, dtype=torch.float32, device=device),)
         self._compiled(self.params, grads, *per_key, self._copies, *scalars, **self._hyper)
         self._versions = [p._version for p in self.params]
 
