@@ -180,8 +180,8 @@ class LabelledInput:
     def ff_backward(self, y_pos: torch.Tensor, y_neg: torch.Tensor,
                     grads: list[torch.Tensor] | None = None) -> torch.Tensor:
         """Same gradients as ``ff_backward(net, cat([overlay(x, y_pos), overlay(x, y_neg)]), B)``,
-        set as ``.grad`` or, given ``grads``, appended to it in parameter order in the products'
-        dtype. Returns the sum of the layers' losses."""
+        set as ``.grad`` or, given ``grads``, appended to it in parameter order (the upper layers'
+        weight gradients in the products' dtype). Returns the sum of the layers' losses."""
         total, dz_r = self.ff_backward_image(y_pos, y_neg, grads)
         self.add_label_grad(dz_r, y_pos, y_neg, grads)
         return total

@@ -343,8 +343,9 @@ def supervised_ff_task(cfg: SupervisedFFConfig, device: torch.device) -> Task:
         if analytic_dtype is not None:
             # bf16: the net's optimizer step compiled too, taking the bf16 gradients as they leave
             # their products and writing the bf16 weight copies the next step's products read
-            # (same update as opt.step(), tests/test_update.py; 0.4-0.7 ms less per 3 x 1000
-            # step, BENCHMARKS.md). In fp32 torch's fused step is as fast, so it stays.
+            # (same update as opt.step(), tests/test_update.py; 0.4-0.8 ms less per 3 x 1000
+            # step, 14.6 ms per 4 x 2000 step, BENCHMARKS.md). In fp32 torch's fused step is as
+            # fast, so it stays.
             from .update import CompiledUpdate
             compiled_update = CompiledUpdate(opt, copied=[layer.weight for layer in net.layers],
                                              dtype=analytic_dtype)
@@ -416,13 +417,13 @@ def supervised_ff_task(cfg: SupervisedFFConfig, device: torch.device) -> Task:
                     hs = net(x_pn)
                 loss = torch.stack(net.local_losses([h[:b] for h in hs], [h[b:] for h in hs])).sum()
                 loss.backward()
-        if head_loss is not None:
-            head_loss.backward()
         if compiled_update is not None:
             compiled_update.step(grads)
         else:
             opt.step()
-        head_opt.step()
+        if head_loss is not None:   # the head learns on neutral steps only (no grads, no step otherwise)
+            head_loss.backward()
+            head_opt.step()
         return loss.detach()
 
     def evaluate(x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
