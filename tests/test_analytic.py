@@ -125,8 +125,7 @@ def test_ff_predict_shared_image_product_matches_plain(dtype):
     assert agree == 1.0 if dtype == "float32" else agree > 0.95
 
 
-@pytest.mark.skipif(not __import__("fflab.analytic").analytic.has_cxx_compiler(),
-                    reason="torch.compile on CPU needs a C++ compiler")
+@pytest.mark.needs_cxx_compiler
 def test_compiled_update_equals_eager():
     """compile=true: the same gradients, loss and peer-mean update as the eager fused update
     (float rounding aside), with repeated labels among positives and negatives."""

@@ -26,8 +26,7 @@ def test_bench_reports_every_measurement_and_counts_skipped_neutral_passes():
 
 @pytest.mark.parametrize("extra", [
     {}, pytest.param({"engine": "fused", "compile": True, "dtype": "bfloat16"},   # the net steps via CompiledUpdate
-                     marks=pytest.mark.skipif(not __import__("fflab.analytic").analytic.has_cxx_compiler(),
-                                              reason="torch.compile on CPU needs a C++ compiler"))])
+                     marks=pytest.mark.needs_cxx_compiler)])
 def test_update_cost_restores_the_optimizers(extra):
     from fflab.bench import update_cost_ms
     from fflab.config import SupervisedFFConfig

@@ -42,8 +42,7 @@ def test_same_seed_same_numbers(tmp_path, tiny_mnist):
 @pytest.mark.parametrize("extra", [
     {}, {"neutral_every": 3, "engine": "fused"},
     pytest.param({"engine": "fused", "compile": True, "dtype": "bfloat16"},
-                 marks=pytest.mark.skipif(not __import__("fflab.analytic").analytic.has_cxx_compiler(),
-                                          reason="torch.compile on CPU needs a C++ compiler"))])
+                 marks=pytest.mark.needs_cxx_compiler)])
 def test_resume_equals_uninterrupted(tmp_path, tiny_mnist, extra):
     # neutral_every > 1 keeps cached per-image probabilities, which must survive the checkpoint too;
     # compile with bf16 keeps its optimizer state in the torch optimizer and its bf16 weight copies

@@ -4,10 +4,8 @@ import copy
 import pytest
 import torch
 
-from fflab.analytic import has_cxx_compiler
 from fflab.update import CompiledUpdate
 
-needs_compiler = pytest.mark.skipif(not has_cxx_compiler(), reason="torch.compile on CPU needs a C++ compiler")
 
 OPTIMIZERS = {
     # the official EMA smoothing (dampening = momentum) with weight decay, as make_optimizer builds it
@@ -26,7 +24,7 @@ def _grads(step):
     return [torch.randn(6, 5, generator=g), torch.randn(6, generator=g)]
 
 
-@needs_compiler
+@pytest.mark.needs_cxx_compiler
 @pytest.mark.parametrize("name", ["sgd", "adam"])
 def test_same_steps_and_state_as_the_torch_optimizer(name):
     """Four steps, a learning-rate change between them (as the epoch schedule makes): the same
@@ -51,7 +49,7 @@ def test_same_steps_and_state_as_the_torch_optimizer(name):
     assert all(p.grad is None for p in params)   # the first (torch) step leaves no stale .grad behind
 
 
-@needs_compiler
+@pytest.mark.needs_cxx_compiler
 def test_bf16_gradients_and_copies():
     """bf16 gradients are widened exactly; the copies are the new weights rounded to bf16, and
     are made again when something else changes a weight (here: loading a checkpoint)."""
@@ -78,7 +76,7 @@ def test_bf16_gradients_and_copies():
     assert torch.equal(update.weights()[0], saved.bfloat16())
 
 
-@needs_compiler
+@pytest.mark.needs_cxx_compiler
 def test_state_continues_in_the_plain_optimizer():
     """A checkpoint's optimizer state from compiled steps resumes in torch's own optimizer."""
     params = _params()
