@@ -11,12 +11,19 @@ every variant alike; ``fflab bench`` runs one variant per process and cannot can
 Prints the median, first quartile and minimum ms per step of each variant. Random MNIST-shaped
 data; compilation and warm-up excluded. Not a test: nothing is asserted.
 
-One pseudo-override is not a config key: ``update=plain`` builds the variant without
-``update.CompiledUpdate`` (which ``compile=true`` uses with bf16), i.e. with torch's own fused
-optimizer step and per-step weight casts, to measure what the compiled update buys:
+Two pseudo-overrides are not config keys:
+
+- ``update=plain`` builds the variant without ``update.CompiledUpdate`` (which ``compile=true``
+  uses with bf16), i.e. with torch's own fused optimizer step and per-step weight casts, to
+  measure what the compiled update buys:
 
     python benchmarks/engine_ab.py --dtype bfloat16 optimizer=adam,compile=true,update=plain \
         optimizer=adam,compile=true
+
+- ``linear=addmm`` times the variant's turns with ``fflab.products.USE_ONEDNN`` off, i.e. with
+  the forward products through ``torch.addmm`` instead of oneDNN's linear:
+
+    python benchmarks/engine_ab.py optimizer=sgd,compile=true,linear=addmm optimizer=sgd,compile=true
 """
 from __future__ import annotations
 
@@ -27,7 +34,7 @@ import time
 
 import torch
 
-from fflab import update
+from fflab import products, update
 from fflab.bench import training_loop
 from fflab.config import SupervisedFFConfig, _expand_times, apply_overrides
 
@@ -47,16 +54,31 @@ def main() -> None:
     print(f"torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}, "
           f"hidden {args.hidden}, batch 100, {args.dtype}, engine fused, neutral_every 4, "
           f"{args.rounds} rounds x {args.steps} steps")
+    def without_onednn(run):
+        def wrapped():
+            products.USE_ONEDNN = False
+            try:
+                run()
+            finally:
+                products.USE_ONEDNN = onednn
+        return wrapped
+
+    onednn = products.USE_ONEDNN
+
     runs = []   # each variant's task running --steps steps on synthetic MNIST-shaped data (as fflab bench)
     for variant in args.variants:
         overrides = variant.split(",")
         plain = "update=plain" in overrides
-        cfg = apply_overrides(apply_overrides(SupervisedFFConfig(), base), [o for o in overrides if o != "update=plain"])
+        addmm = "linear=addmm" in overrides
+        cfg = apply_overrides(apply_overrides(SupervisedFFConfig(), base),
+                              [o for o in overrides if o not in ("update=plain", "linear=addmm")])
         real = update.CompiledUpdate
         if plain:   # the task builder then finds no compiled update and calls opt.step()
             update.CompiledUpdate = lambda *a, **k: None
         try:
             runs.append(training_loop(cfg, args.steps)[1])
+            if addmm:
+                runs[-1] = without_onednn(runs[-1])
         finally:
             update.CompiledUpdate = real
 

@@ -24,6 +24,7 @@ import torch
 from .errors import ConfigError
 from .layers import FFDense, fp32_accum, normalize
 from .nets import FFNet
+from .products import linear
 
 _SIGN = {"ssq": 1.0, "min_ssq": -1.0, "mean_ssq": 1.0}
 
@@ -85,8 +86,7 @@ def _dense_backward(layers, x: torch.Tensor, num_pos: int, eps: float, dtype: to
         w, bias = layer.weight, layer.bias
         xin = cast_to(x, dtype)
         wc = weights[i] if weights is not None else cast_to(w, dtype)
-        z = torch.addmm(bias.to(xin.dtype), xin, wc.t())               # (2B, out)
-        h = z.relu_()                                                  # in place: z is not needed again
+        h = linear(xin, wc, bias.to(xin.dtype), relu=True)            # (2B, out)
         hs.append(h)
         dz, loss = local_dz(layer, h, num_pos)
         total = total + loss
@@ -132,7 +132,7 @@ class LabelledInput:
         # Cast once per step: the neutral and the positive/negative passes share these copies.
         self.weights = weights if weights is not None else [cast_to(layer.weight, dtype) for layer in net.layers]
         self.img_c = cast_to(self.img, dtype)
-        self.P = torch.mm(self.img_c, self.weights[0].t()).to(x.dtype)   # (B, out0)
+        self.P = linear(self.img_c, self.weights[0], None).to(x.dtype)   # (B, out0)
         # The label columns as rows (C, out0): gathering rows is contiguous, columns of W are strided.
         self.label_rows = net.layers[0].weight[:, :num_classes].t().contiguous()
 
@@ -172,7 +172,7 @@ class LabelledInput:
         hs = [h]
         for layer, wc in zip(self.net.layers[1:], self.weights[1:]):
             xin = cast_to(normalize(h, self.net.eps), self.dtype)
-            h = torch.addmm(layer.bias.to(xin.dtype), xin, wc.t()).to(self.img.dtype).relu_()
+            h = linear(xin, wc, layer.bias.to(xin.dtype), relu=True).to(self.img.dtype)
             hs.append(h)
         return hs
 

@@ -1,0 +1,67 @@
+"""The forward product of a dense FF layer, in the library this machine runs it fastest with
+(issue 3; paper section 2: per layer, one forward product per pass and one weight-gradient product).
+
+``linear(x, w, b, relu=True)`` = ``relu(x @ w.T + b)``, (B, in) x (out, in) -> (B, out). On CPU
+it calls oneDNN's linear (``torch.ops.mkldnn._linear_pointwise``, the kernel inductor's own CPU
+fusions call) with the ReLU in its epilogue, instead of ``torch.addmm`` (MKL) and a separate
+pass. On the 2-core AMD EPYC (Zen 4) development VM, torch 2.13, fp32, the products of a 3 x 1000
+training step (three forward products, three weight gradients and the optimizer, in turn) took
+1-3 ms less per step with it (BENCHMARKS.md, "Seventh session"). The weight-gradient products
+stay ``torch.mm(dz.T, x)``: oneDNN, and MKL with ``dz.T`` made contiguous first, were faster on
+cache-hot operands alone but slower inside that step sequence.
+
+Elsewhere (CUDA, builds without oneDNN, ``torch.backends.mkldnn.enabled = False``, other dtypes)
+it is ``torch.addmm``. Same numbers up to float rounding (tests/test_products.py).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+# Where oneDNN's linear exists. Benchmarks set it to False to time ``torch.addmm`` in the same
+# process (benchmarks/engine_ab.py, ``linear=addmm``); it is read on every call, compiled or not.
+USE_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def _linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], relu: bool) -> torch.Tensor:
+    if (x.device.type == "cpu" and USE_ONEDNN and torch.backends.mkldnn.enabled
+            and x.dtype in (torch.float32, torch.bfloat16) and w.dtype == x.dtype
+            and (b is None or b.dtype == x.dtype) and x.dim() == 2):
+        return torch.ops.mkldnn._linear_pointwise(x, w, b, "relu" if relu else "none", [], "")
+    z = torch.mm(x, w.t()) if b is None else torch.addmm(b, x, w.t())
+    return z.relu_() if relu else z
+
+
+def _opaque(fn):
+    """``fn`` as a custom op that ``torch.compile`` calls as it is: inductor's own lowering of the
+    oneDNN linear requires the weight to be a frozen constant, which a trained weight is not.
+    None on torch without ``torch.library.custom_op``."""
+    custom_op = getattr(torch.library, "custom_op", None)
+    if custom_op is None:
+        return None
+
+    @custom_op("fflab::linear", mutates_args=())
+    def opaque_linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], relu: bool) -> torch.Tensor:
+        return fn(x, w, b, relu)
+
+    @opaque_linear.register_fake
+    def _(x, w, b, relu):
+        return x.new_empty(x.shape[0], w.shape[0])
+
+    return opaque_linear
+
+
+_OPAQUE_LINEAR = _opaque(_linear)
+
+
+def _compiling() -> bool:
+    is_compiling = getattr(torch.compiler, "is_compiling", None)
+    return bool(is_compiling is not None and is_compiling())
+
+
+def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, *, relu: bool = False) -> torch.Tensor:
+    """``x @ w.T + b`` (then ReLU if ``relu``): (B, in), (out, in), (out,) -> (B, out)."""
+    if x.device.type == "cpu" and _OPAQUE_LINEAR is not None and _compiling():
+        return _OPAQUE_LINEAR(x, w, b, relu)
+    return _linear(x, w, b, relu)

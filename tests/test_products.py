@@ -1,0 +1,68 @@
+"""products.linear: the forward product through oneDNN where it runs, the same numbers as addmm."""
+import pytest
+import torch
+
+from fflab import products
+from fflab.products import linear
+
+
+def _operands(dtype, bias=True):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(7, 13, generator=g).to(dtype)
+    w = (torch.randn(5, 13, generator=g) / 13 ** 0.5).to(dtype)
+    b = torch.randn(5, generator=g).to(dtype) if bias else None
+    return x, w, b
+
+
+def _reference(x, w, b, relu):
+    z = x.double() @ w.double().t() + (0 if b is None else b.double())
+    return z.relu() if relu else z
+
+
+TOL = {torch.float32: 1e-5, torch.bfloat16: 3e-2, torch.float64: 1e-12}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("bias", [False, True])
+def test_linear_is_x_wt_plus_b(dtype, relu, bias):
+    x, w, b = _operands(dtype, bias)
+    out = linear(x, w, b, relu=relu)
+    assert out.shape == (7, 5) and out.dtype == dtype and out.is_contiguous()
+    torch.testing.assert_close(out.double(), _reference(x, w, b, relu), rtol=TOL[dtype], atol=TOL[dtype])
+    if relu:
+        assert (out >= 0).all() and (out == 0).any()   # the ReLU really ran: some units are off
+
+
+def test_oneDNN_and_addmm_paths_agree(monkeypatch):
+    """Both branches run here (``USE_ONEDNN`` off forces addmm) and give the same fp32 numbers."""
+    x, w, b = _operands(torch.float32)
+    fast = linear(x, w, b, relu=True)
+    monkeypatch.setattr(products, "USE_ONEDNN", False)
+    plain = linear(x, w, b, relu=True)
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-6)
+
+
+def test_torch_flag_turns_oneDNN_off(monkeypatch):
+    """``torch.backends.mkldnn.enabled = False`` is honoured: the product goes through addmm."""
+    calls = []
+    real = torch.addmm
+    monkeypatch.setattr(torch, "addmm", lambda *a, **k: calls.append(1) or real(*a, **k))
+    x, w, b = _operands(torch.float32)
+    with torch.backends.mkldnn.flags(enabled=False):
+        linear(x, w, b)
+    assert calls == [1]
+
+
+@pytest.mark.needs_cxx_compiler
+def test_linear_compiles_without_graph_breaks():
+    """Inside ``torch.compile`` (where inductor's own oneDNN lowering wants a frozen weight) the
+    product is an opaque op: one graph, and the weights may change between calls."""
+    x, w, b = _operands(torch.float32)
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(lambda x, w, b: linear(x, w, b, relu=True).sum(1))(x, w, b)
+    assert explained.graph_break_count == 0
+    fn = torch.compile(lambda x, w, b: linear(x, w, b, relu=True), dynamic=False)
+    torch.testing.assert_close(fn(x, w, b), linear(x, w, b, relu=True))
+    w2 = w * 2
+    torch.testing.assert_close(fn(x, w2, b), linear(x, w2, b, relu=True))
