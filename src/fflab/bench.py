@@ -3,8 +3,9 @@
 FF's cost is almost all dense products: per training image, a neutral pass (for the one-pass
 head and hard negatives), a positive and a negative pass, and one weight-gradient product per
 layer for each of the two. No input gradient is needed because nothing crosses a layer. We count
-exactly these products ("needed FLOPs") and compare the achieved rate with a raw ``torch.mm`` of
-the same shapes. Warm-up is excluded; each measurement is repeated and we report median and spread.
+exactly these products ("needed FLOPs") and compare the achieved rate with the raw products of
+the same shapes, made with the calls the engine makes (``products.linear`` forward, ``torch.mm``
+weight gradients), so the ratio measures the engine and not the choice of library. Warm-up is excluded; each measurement is repeated and we report median and spread.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import Any, Callable
 import torch
 
 from .config import BPConfig, SupervisedFFConfig
+from .products import linear
 from .train import build_task, ff_predict, resolve_device
 
 
@@ -43,7 +45,8 @@ def forward_macs(sizes: list[int]) -> int:
 
 def matmul_throughput(sizes: list[int], batch: int, dtype: torch.dtype, *, reps: int, iters: int = 5) -> dict[str, float]:
     """GFLOP/s of the raw products FF needs for this net at this batch: forward x @ W^T on the
-    positive+negative batch and the weight gradient dz^T @ x, for every layer."""
+    positive+negative batch (``products.linear``, as the engine calls it) and the weight gradient
+    dz^T @ x, for every layer."""
     mats = []
     for a, b in zip(sizes[:-1], sizes[1:]):
         x = torch.randn(2 * batch, a, dtype=dtype)
@@ -55,7 +58,7 @@ def matmul_throughput(sizes: list[int], batch: int, dtype: torch.dtype, *, reps:
     def run() -> None:
         for _ in range(iters):
             for x, w, dz in mats:
-                torch.mm(x, w.t())
+                linear(x, w, None)
                 torch.mm(dz.t(), x)
 
     return _summary(_timeit(run, reps=reps), flops / 1e9)

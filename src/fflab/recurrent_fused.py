@@ -32,6 +32,7 @@ import torch
 
 from .analytic import cast_to, local_dz
 from .layers import fp32_accum, normalize
+from .products import linear
 
 __all__ = ["BottomUp", "bottom_up", "trajectory", "recurrent_backward"]
 
@@ -51,11 +52,11 @@ def bottom_up(net, x: torch.Tensor, dtype: torch.dtype | None = None) -> BottomU
     layers, eps = net.layers, net.eps
     img = cast_to(normalize(x, eps), dtype)
     W = [cast_to(layer.weight, dtype) for layer in layers]
-    a0 = fp32_accum(torch.addmm(cast_to(layers[0].bias, img.dtype), img, W[0].t()))
+    a0 = fp32_accum(linear(img, W[0], cast_to(layers[0].bias, img.dtype)))
     init = [a0.relu()]
     for layer, w in zip(layers[1:], W[1:]):
         below = cast_to(normalize(init[-1], eps), dtype)
-        init.append(fp32_accum(torch.addmm(cast_to(layer.bias, below.dtype), below, w.t())).relu_())
+        init.append(fp32_accum(linear(below, w, cast_to(layer.bias, below.dtype), relu=True)))
     return BottomUp(img, a0, init, W)
 
 
@@ -72,7 +73,7 @@ def trajectory(net, bu: BottomUp, top: torch.Tensor, iterations: int, dtype: tor
     # Clamped inputs, computed once: the image term (B rows, shared by all R runs of an image)
     # and the label term of the top layer.
     a_img = bu.a0.repeat(reps, 1)
-    a_top = fp32_accum(torch.mm(top.to(V[-1].dtype), V[-1].t()))
+    a_top = fp32_accum(linear(top.to(V[-1].dtype), V[-1], None))
     states = [h.repeat(reps, 1) for h in bu.init]
     for _ in range(iterations):
         n = [cast_to(normalize(h, eps), dtype) for h in states]
@@ -81,8 +82,8 @@ def trajectory(net, bu: BottomUp, top: torch.Tensor, iterations: int, dtype: tor
             if l == 0:
                 a = a_img.clone()
             else:
-                a = fp32_accum(torch.addmm(cast_to(layer.bias, n[l - 1].dtype), n[l - 1], W[l].t()))
-            a += fp32_accum(torch.mm(n[l + 1], V[l].t())) if l + 1 < len(layers) else a_top
+                a = fp32_accum(linear(n[l - 1], W[l], cast_to(layer.bias, n[l - 1].dtype)))
+            a += fp32_accum(linear(n[l + 1], V[l], None)) if l + 1 < len(layers) else a_top
             c.append(a.relu_())
             new.append(states[l].mul(d).add_(c[-1], alpha=1 - d))
         yield n, c, new
