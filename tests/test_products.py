@@ -66,3 +66,14 @@ def test_linear_compiles_without_graph_breaks():
     torch.testing.assert_close(fn(x, w, b), linear(x, w, b, relu=True))
     w2 = w * 2
     torch.testing.assert_close(fn(x, w2, b), linear(x, w2, b, relu=True))
+
+
+@pytest.mark.needs_cxx_compiler
+def test_compiled_linear_without_custom_op_falls_back_to_addmm(monkeypatch):
+    """torch without ``torch.library.custom_op`` (< 2.4): compiled code takes addmm, never the
+    oneDNN kernel, whose inductor lowering fails on a weight that is not a frozen constant."""
+    monkeypatch.setattr(products, "_OPAQUE_LINEAR", None)
+    x, w, b = _operands(torch.float32)
+    torch._dynamo.reset()
+    fn = torch.compile(lambda x, w, b: linear(x, w, b, relu=True), dynamic=False)
+    torch.testing.assert_close(fn(x, w, b), linear(x, w, b, relu=True))

@@ -24,13 +24,17 @@ import torch
 USE_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
+def _addmm(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], relu: bool) -> torch.Tensor:
+    z = torch.mm(x, w.t()) if b is None else torch.addmm(b, x, w.t())
+    return z.relu_() if relu else z
+
+
 def _linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], relu: bool) -> torch.Tensor:
     if (x.device.type == "cpu" and USE_ONEDNN and torch.backends.mkldnn.enabled
             and x.dtype in (torch.float32, torch.bfloat16) and w.dtype == x.dtype
             and (b is None or b.dtype == x.dtype) and x.dim() == 2):
         return torch.ops.mkldnn._linear_pointwise(x, w, b, "relu" if relu else "none", [], "")
-    z = torch.mm(x, w.t()) if b is None else torch.addmm(b, x, w.t())
-    return z.relu_() if relu else z
+    return _addmm(x, w, b, relu)
 
 
 def _opaque(fn):
@@ -57,11 +61,16 @@ _OPAQUE_LINEAR = _opaque(_linear)
 
 def _compiling() -> bool:
     is_compiling = getattr(torch.compiler, "is_compiling", None)
-    return bool(is_compiling is not None and is_compiling())
+    if is_compiling is None:   # torch < 2.3
+        from torch import _dynamo
+        is_compiling = _dynamo.is_compiling
+    return bool(is_compiling())
 
 
 def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, *, relu: bool = False) -> torch.Tensor:
     """``x @ w.T + b`` (then ReLU if ``relu``): (B, in), (out, in), (out,) -> (B, out)."""
-    if x.device.type == "cpu" and _OPAQUE_LINEAR is not None and _compiling():
-        return _OPAQUE_LINEAR(x, w, b, relu)
+    if x.device.type == "cpu" and _compiling():
+        # Never the oneDNN kernel itself in a graph: inductor's lowering of it fails on a weight
+        # that is not a frozen constant.
+        return _OPAQUE_LINEAR(x, w, b, relu) if _OPAQUE_LINEAR is not None else _addmm(x, w, b, relu)
     return _linear(x, w, b, relu)
