@@ -14,6 +14,19 @@ def _operands(dtype, bias=True):
     return x, w, b
 
 
+@pytest.fixture(autouse=True)
+def _small_products_too(monkeypatch):
+    """The tests' tiny products take the oneDNN path (by default it starts at 4 M multiply-adds)."""
+    monkeypatch.setattr(products, "MIN_ONEDNN_MACS", 0)
+
+
+def _count_addmm(monkeypatch):
+    calls = []
+    real = torch.addmm
+    monkeypatch.setattr(torch, "addmm", lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
 def _reference(x, w, b, relu):
     z = x.double() @ w.double().t() + (0 if b is None else b.double())
     return z.relu() if relu else z
@@ -45,12 +58,26 @@ def test_oneDNN_and_addmm_paths_agree(monkeypatch):
 
 def test_torch_flag_turns_oneDNN_off(monkeypatch):
     """``torch.backends.mkldnn.enabled = False`` is honoured: the product goes through addmm."""
-    calls = []
-    real = torch.addmm
-    monkeypatch.setattr(torch, "addmm", lambda *a, **k: calls.append(1) or real(*a, **k))
+    if not products.USE_ONEDNN:
+        pytest.skip("this torch build has no oneDNN linear")
+    calls = _count_addmm(monkeypatch)
     x, w, b = _operands(torch.float32)
+    linear(x, w, b)
+    assert calls == []
     with torch.backends.mkldnn.flags(enabled=False):
         linear(x, w, b)
+    assert calls == [1]
+
+
+def test_small_products_stay_with_addmm(monkeypatch):
+    """oneDNN's fixed cost per call loses on small products: under ``MIN_ONEDNN_MACS`` it is addmm."""
+    calls = _count_addmm(monkeypatch)
+    x, w, b = _operands(torch.float32)              # 7 x 13 x 5 multiply-adds
+    monkeypatch.setattr(products, "MIN_ONEDNN_MACS", 7 * 13 * 5 + 1)
+    linear(x, w, b)
+    assert calls == [1]
+    monkeypatch.setattr(products, "MIN_ONEDNN_MACS", 7 * 13 * 5)
+    linear(x, w, b)
     assert calls == [1]
 
 

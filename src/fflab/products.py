@@ -11,8 +11,8 @@ products went to oneDNN through ``addmm`` already: same bits. The weight-gradien
 ``torch.mm(dz.T, x)``: oneDNN, and MKL with ``dz.T`` made contiguous first, were faster on
 cache-hot operands alone but slower inside a sequence imitating the training step.
 
-Elsewhere (CUDA, builds without oneDNN, ``torch.backends.mkldnn.enabled = False``, other dtypes)
-it is ``torch.addmm``. Same numbers up to float rounding (tests/test_products.py).
+Elsewhere (CUDA, builds without oneDNN, ``torch.backends.mkldnn.enabled = False``, other dtypes,
+products under ``MIN_ONEDNN_MACS`` multiply-adds) it is ``torch.addmm``. Same numbers up to float rounding (tests/test_products.py).
 """
 from __future__ import annotations
 
@@ -23,6 +23,14 @@ import torch
 # Where oneDNN's linear exists. Benchmarks set it to False to time ``torch.addmm`` in the same
 # process (benchmarks/engine_ab.py, ``linear=addmm``); it is read on every call, compiled or not.
 USE_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+# oneDNN's linear costs ~40 us per call whatever its size (``addmm``: ~10 us), so small products
+# stay with ``addmm``: on the development VM, one thread, the two broke even between 3.3 M
+# (oneDNN 12% slower) and 6.6 M multiply-adds (oneDNN 22% faster).
+MIN_ONEDNN_MACS = 1 << 22
+
+
+def _big(x: torch.Tensor, w: torch.Tensor) -> bool:
+    return x.dim() == 2 and x.shape[0] * x.shape[1] * w.shape[0] >= MIN_ONEDNN_MACS
 
 
 def _addmm(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], relu: bool) -> torch.Tensor:
@@ -31,9 +39,9 @@ def _addmm(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], relu: bo
 
 
 def _linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], relu: bool) -> torch.Tensor:
-    if (x.device.type == "cpu" and USE_ONEDNN and torch.backends.mkldnn.enabled
+    if (x.device.type == "cpu" and USE_ONEDNN and _big(x, w) and torch.backends.mkldnn.enabled
             and x.dtype in (torch.float32, torch.bfloat16) and w.dtype == x.dtype
-            and (b is None or b.dtype == x.dtype) and x.dim() == 2):
+            and (b is None or b.dtype == x.dtype)):
         return torch.ops.mkldnn._linear_pointwise(x, w, b, "relu" if relu else "none", [], "")
     return _addmm(x, w, b, relu)
 
@@ -70,7 +78,7 @@ def _compiling() -> bool:
 
 def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, *, relu: bool = False) -> torch.Tensor:
     """``x @ w.T + b`` (then ReLU if ``relu``): (B, in), (out, in), (out,) -> (B, out)."""
-    if x.device.type == "cpu" and _compiling():
+    if x.device.type == "cpu" and _big(x, w) and _compiling():
         # Never the oneDNN kernel itself in a graph: inductor's lowering of it fails on a weight
         # that is not a frozen constant.
         return _OPAQUE_LINEAR(x, w, b, relu) if _OPAQUE_LINEAR is not None else _addmm(x, w, b, relu)
