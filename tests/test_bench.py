@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from fflab import products
 from fflab.bench import format_table, run_benchmark
 
 
@@ -12,6 +13,7 @@ def test_bench_reports_every_measurement_and_counts_skipped_neutral_passes():
     for res in (every, sparse):
         json.dumps(res)  # --json must be able to write it
         assert res["ff_train"]["images_per_s"]["median"] > 0 and res["bp_train"]["images_per_s"]["median"] > 0
+        assert res["forward_products"].startswith("oneDNN") == products.USE_ONEDNN
         assert res["ff_over_bp_time_per_epoch"] > 0
         assert set(res["eval_images_per_s"]) == {"per_label", "one_pass"}
         parts = res["ff_step_ms"]   # where a step's time goes; the parts add up to the step
@@ -21,7 +23,7 @@ def test_bench_reports_every_measurement_and_counts_skipped_neutral_passes():
     first, rest = 784 * 16, 16 * 16
     assert every["ff_train"]["flops_per_image"] == 2 * (2 * first + 5 * rest)
     assert sparse["ff_train"]["flops_per_image"] == 2 * (2 * first + 4.25 * rest)
-    assert "neutral_every 4" in format_table(sparse)
+    assert "neutral_every 4" in format_table(sparse) and "FF forward products" in format_table(sparse)
 
 
 @pytest.mark.parametrize("extra", [

@@ -17,6 +17,7 @@ from typing import Any, Callable
 import torch
 
 from .config import BPConfig, SupervisedFFConfig
+from . import products
 from .products import linear
 from .train import build_task, ff_predict, resolve_device
 
@@ -158,7 +159,11 @@ def run_benchmark(hidden: tuple[int, ...] = (1000, 1000, 1000), *, batch_size: i
     bp_cfg = BPConfig(hidden=hidden, batch_size=batch_size, dtype=dtype, device=device, optimizer=optimizer)
     res: dict[str, Any] = {"env": environment(), "hidden": list(hidden), "batch_size": batch_size,
                            "dtype": dtype, "negatives": negatives, "engine": engine, "neutral_every": neutral_every,
-                           "optimizer": optimizer, "compile": compile, "steps": steps, "reps": reps}
+                           "optimizer": optimizer, "compile": compile, "steps": steps, "reps": reps,
+                           # which library the FF forward products (and the raw reference) used
+                           "forward_products": (f"oneDNN linear from {products.MIN_ONEDNN_MACS} multiply-adds up"
+                                                if products.USE_ONEDNN and resolve_device(device).type == "cpu"
+                                                else "torch.addmm")}
     res["matmul_gflops"] = {
         "float32": matmul_throughput(sizes, batch_size, torch.float32, reps=reps),
         "bfloat16": matmul_throughput(sizes, batch_size, torch.bfloat16, reps=reps)}
@@ -207,7 +212,8 @@ def format_table(res: dict[str, Any]) -> str:
         f"({res['steps']} steps x {res['reps']} reps, median [min-max])",
         f"hardware: {env['cpu']} | {env['cpu_count']} CPUs, {env['torch_threads']} torch threads"
         + (f" | GPU {env['gpu']}" if env.get("gpu") else ""),
-        f"versions: torch {env['torch']}, python {env['python']}, fflab {env['fflab']}",
+        f"versions: torch {env['torch']}, python {env['python']}, fflab {env['fflab']}"
+        + (f" | FF forward products: {res['forward_products']}" if "forward_products" in res else ""),
         "",
         f"{'measurement':44s} {'value':>28s}",
         f"{'(a) raw matmul fp32, FF shapes (GFLOP/s)':44s} {spread(mm['float32']):>28s}",
