@@ -54,7 +54,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}, "
           f"hidden {args.hidden}, batch 100, {args.dtype}, engine fused, neutral_every 4, "
           f"{args.rounds} rounds x {args.steps} steps")
-    def without_onednn(run):
+
+    def without_onednn(run):   # the variant's turns with the forward products through addmm
         def wrapped():
             products.USE_ONEDNN = False
             try:

@@ -5,7 +5,8 @@ head and hard negatives), a positive and a negative pass, and one weight-gradien
 layer for each of the two. No input gradient is needed because nothing crosses a layer. We count
 exactly these products ("needed FLOPs") and compare the achieved rate with the raw products of
 the same shapes, made with the calls the engine makes (``products.linear`` forward, ``torch.mm``
-weight gradients), so the ratio measures the engine and not the choice of library. Warm-up is excluded; each measurement is repeated and we report median and spread.
+weight gradients), so the ratio measures the engine and not the choice of library. Warm-up is
+excluded; each measurement is repeated and we report median and spread.
 """
 from __future__ import annotations
 

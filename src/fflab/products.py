@@ -12,7 +12,8 @@ products went to oneDNN through ``addmm`` already: same bits. The weight-gradien
 cache-hot operands alone but slower inside a sequence imitating the training step.
 
 Elsewhere (CUDA, builds without oneDNN, ``torch.backends.mkldnn.enabled = False``, other dtypes,
-products under ``MIN_ONEDNN_MACS`` multiply-adds) it is ``torch.addmm``. Same numbers up to float rounding (tests/test_products.py).
+products under ``MIN_ONEDNN_MACS`` multiply-adds) it is ``torch.addmm``. Same numbers up to float
+rounding (tests/test_products.py).
 """
 from __future__ import annotations
 
