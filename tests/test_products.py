@@ -104,3 +104,15 @@ def test_compiled_linear_without_custom_op_falls_back_to_addmm(monkeypatch):
     torch._dynamo.reset()
     fn = torch.compile(lambda x, w, b: linear(x, w, b, relu=True), dynamic=False)
     torch.testing.assert_close(fn(x, w, b), linear(x, w, b, relu=True))
+
+
+def test_differentiable_where_autograd_records_it():
+    """oneDNN's kernel has no derivative: with inputs that need gradients (and grad mode on),
+    ``linear`` is addmm, and backward gives the gradients of x @ w.T + b."""
+    x, w, b = (t.requires_grad_() for t in _operands(torch.float32))
+    linear(x, w, b, relu=True).square().sum().backward()
+    xr, wr, br = (t.detach().double().requires_grad_() for t in (x, w, b))
+    _reference(xr, wr, br, True).square().sum().backward()
+    for got, ref in ((x, xr), (w, wr), (b, br)):
+        assert got.grad is not None
+        torch.testing.assert_close(got.grad.double(), ref.grad, rtol=1e-5, atol=1e-5)

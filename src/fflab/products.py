@@ -12,7 +12,8 @@ products went to oneDNN through ``addmm`` already: same bits. The weight-gradien
 cache-hot operands alone but slower inside a sequence imitating the training step.
 
 Elsewhere (CUDA, builds without oneDNN, ``torch.backends.mkldnn.enabled = False``, other dtypes,
-products under ``MIN_ONEDNN_MACS`` multiply-adds) it is ``torch.addmm``. Same numbers up to float
+products under ``MIN_ONEDNN_MACS`` multiply-adds, inputs that need gradients) it is
+``torch.addmm``. Same numbers up to float
 rounding (tests/test_products.py).
 """
 from __future__ import annotations
@@ -30,8 +31,13 @@ USE_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, 
 MIN_ONEDNN_MACS = 1 << 22
 
 
-def _big(x: torch.Tensor, w: torch.Tensor) -> bool:
-    return x.dim() == 2 and x.shape[0] * x.shape[1] * w.shape[0] >= MIN_ONEDNN_MACS
+def _fits(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> bool:
+    """A CPU product big enough for oneDNN, with no autograd graph to record (the oneDNN kernel
+    has no derivative: through it, backward would silently give no gradients)."""
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or w.requires_grad
+                                              or (b is not None and b.requires_grad))
+    return (x.device.type == "cpu" and not needs_grad and x.dim() == 2
+            and x.shape[0] * x.shape[1] * w.shape[0] >= MIN_ONEDNN_MACS)
 
 
 def _addmm(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], relu: bool) -> torch.Tensor:
@@ -40,7 +46,7 @@ def _addmm(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], relu: bo
 
 
 def _linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], relu: bool) -> torch.Tensor:
-    if (x.device.type == "cpu" and USE_ONEDNN and _big(x, w) and torch.backends.mkldnn.enabled
+    if (USE_ONEDNN and _fits(x, w, b) and torch.backends.mkldnn.enabled
             and x.dtype in (torch.float32, torch.bfloat16) and w.dtype == x.dtype
             and (b is None or b.dtype == x.dtype)):
         return torch.ops.mkldnn._linear_pointwise(x, w, b, "relu" if relu else "none", [], "")
@@ -78,8 +84,9 @@ def _compiling() -> bool:
 
 
 def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, *, relu: bool = False) -> torch.Tensor:
-    """``x @ w.T + b`` (then ReLU if ``relu``): (B, in), (out, in), (out,) -> (B, out)."""
-    if x.device.type == "cpu" and _big(x, w) and _compiling():
+    """``x @ w.T + b`` (then ReLU if ``relu``): (B, in), (out, in), (out,) -> (B, out).
+    Differentiable: where autograd would record it, it is ``torch.addmm``."""
+    if _fits(x, w, b) and _compiling():
         # Never the oneDNN kernel itself in a graph: inductor's lowering of it fails on a weight
         # that is not a frozen constant.
         return _OPAQUE_LINEAR(x, w, b, relu) if _OPAQUE_LINEAR is not None else _addmm(x, w, b, relu)
