@@ -122,6 +122,7 @@ def ff_backward(net: FFNet, x_pn: torch.Tensor, num_pos: int, *, dtype: torch.dt
 class LabelledInput:
     """The image part of a batch, shared by its neutral, positive and negative variants."""
 
+    @torch.no_grad()   # no autograd graph: these products feed the analytic update only
     def __init__(self, net: FFNet, x: torch.Tensor, num_classes: int, dtype: torch.dtype | None = None,
                  weights: list[torch.Tensor] | None = None):
         """``weights``: the layers' weights already in ``dtype`` (``update.CompiledUpdate.weights``)."""
