@@ -5,8 +5,9 @@
 it calls oneDNN's linear (``torch.ops.mkldnn._linear_pointwise``, the kernel inductor's own CPU
 fusions call) with the ReLU in its epilogue, instead of ``torch.addmm`` (MKL) and a separate
 pass. On the 2-core AMD EPYC (Zen 4) development VM, torch 2.13, a 3 x 1000 fp32 training step
-(batch 100, fused engine) took 13-14% less time with it (15.45 against 17.77 ms, SGD and
-compile; 16.99 against 19.83 ms, Adam; interleaved A/B, BENCHMARKS.md, "Seventh session"). bf16
+(batch 100, fused engine) took 5-14% less time with it, depending on the sitting (15.45 against
+17.77 ms, SGD and compile, in a slow one; 14.43 against 15.22 ms in a fast one; interleaved A/B,
+BENCHMARKS.md, "Seventh session"). oneDNN runs its AVX-512 brgemm kernel here. bf16
 products went to oneDNN through ``addmm`` already: same bits. The weight-gradient products stay
 ``torch.mm(dz.T, x)``: oneDNN, and MKL with ``dz.T`` made contiguous first, were faster on
 cache-hot operands alone but slower inside a sequence imitating the training step.
