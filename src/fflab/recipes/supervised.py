@@ -56,9 +56,9 @@ def ff_official(quick: bool):
     the default (analytic) engine took 24-48 s per epoch in the same conditions (RESULTS.md).
     DEVIATION: Adam (lr 1e-3) instead of the official SGD with smoothing 0.9 (lr 0.01, head lr
     0.1), with the official regularizers: weight cost 0.001 (head 0.003, as L2 weight decay) and
-    peer normalization 0.03. Measured (RESULTS.md, seed 0, 100 epochs): this recipe 1.42% (default
-    engine, one thread, 3267 s beside other runs) and 1.52% (``engine=fused compile=true``, the
-    same updates up to rounding); without the regularizers 2.27%; the official SGD settings (our
+    peer normalization 0.03. Measured (RESULTS.md, 100 epochs): this recipe 1.42% and 1.52%
+    (default engine, seeds 0 and 1, one thread, about 3200 s each beside other runs) and 1.52%
+    (seed 0, ``engine=fused compile=true``, the same updates up to rounding); without the regularizers 2.27%; the official SGD settings (our
     gradients are batch means, the official code's scaling could not be checked) 2.63%. The official optimizer is one override
     away: ``optimizer=sgd lr=0.01 head_lr=0.1``.
     """
