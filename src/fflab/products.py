@@ -14,8 +14,7 @@ cache-hot operands alone but slower inside a sequence imitating the training ste
 
 Elsewhere (CUDA, builds without oneDNN, ``torch.backends.mkldnn.enabled = False``, other dtypes,
 products under ``MIN_ONEDNN_MACS`` multiply-adds, inputs that need gradients) it is
-``torch.addmm``. Same numbers up to float
-rounding (tests/test_products.py).
+``torch.addmm``. Same numbers up to float rounding (tests/test_products.py).
 """
 from __future__ import annotations
 
@@ -33,11 +32,14 @@ MIN_ONEDNN_MACS = 1 << 22
 
 
 def _fits(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> bool:
-    """A CPU product big enough for oneDNN, with no autograd graph to record (the oneDNN kernel
-    has no derivative: through it, backward would silently give no gradients)."""
+    """A CPU product oneDNN's linear takes (fp32 or bf16, one dtype), big enough to pay for it,
+    with no autograd graph to record (the oneDNN kernel has no derivative: through it, backward
+    would silently give no gradients)."""
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or w.requires_grad
                                               or (b is not None and b.requires_grad))
     return (x.device.type == "cpu" and not needs_grad and x.dim() == 2
+            and x.dtype in (torch.float32, torch.bfloat16) and w.dtype == x.dtype
+            and (b is None or b.dtype == x.dtype)
             and x.shape[0] * x.shape[1] * w.shape[0] >= MIN_ONEDNN_MACS)
 
 
@@ -47,9 +49,8 @@ def _addmm(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], relu: bo
 
 
 def _linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], relu: bool) -> torch.Tensor:
-    if (USE_ONEDNN and _fits(x, w, b) and torch.backends.mkldnn.enabled
-            and x.dtype in (torch.float32, torch.bfloat16) and w.dtype == x.dtype
-            and (b is None or b.dtype == x.dtype)):
+    # USE_ONEDNN and torch's flag are read here, at run time, also inside compiled graphs
+    if USE_ONEDNN and torch.backends.mkldnn.enabled and _fits(x, w, b):
         return torch.ops.mkldnn._linear_pointwise(x, w, b, "relu" if relu else "none", [], "")
     return _addmm(x, w, b, relu)
 
@@ -63,7 +64,8 @@ def _opaque(fn):
         return None
 
     @custom_op("fflab::linear", mutates_args=())
-    def opaque_linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], relu: bool) -> torch.Tensor:
+    def opaque_linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor],
+                      relu: bool) -> torch.Tensor:
         return fn(x, w, b, relu)
 
     @opaque_linear.register_fake

@@ -32,8 +32,8 @@ def ff_paper(quick: bool):
     ~0 over the second half as in the official code), chosen from a short comparison against
     SGD with the official smoothing (RESULTS.md), with the official code's regularizers (weight
     cost 0.001, head 0.003, peer normalization 0.03): 1.54% and 1.45% with them (seeds 0 and
-    1), 1.87% without (seed 0). DEVIATION: bf16 products (fp32 master weights) so that the run fits on a 2-core
-    CPU; pass dtype=float32 for the exact fp32 run.
+    1), 1.87% without (seed 0). DEVIATION: bf16 products (fp32 master weights) so that the run
+    fits on a 2-core CPU; pass dtype=float32 for the exact fp32 run.
     """
     cfg = SupervisedFFConfig(hidden=(2000,) * 4, epochs=60, batch_size=100, optimizer="adam",
                              lr=1e-3, head_lr=1e-3, negatives="hard", eval_every=5,
@@ -58,9 +58,10 @@ def ff_official(quick: bool):
     0.1), with the official regularizers: weight cost 0.001 (head 0.003, as L2 weight decay) and
     peer normalization 0.03. Measured (RESULTS.md, 100 epochs): this recipe 1.42% and 1.52%
     (default engine, seeds 0 and 1, one thread, about 3200 s each beside other runs) and 1.52%
-    (seed 0, ``engine=fused compile=true``, the same updates up to rounding); without the regularizers 2.27%; the official SGD settings (our
-    gradients are batch means, the official code's scaling could not be checked) 2.63%. The official optimizer is one override
-    away: ``optimizer=sgd lr=0.01 head_lr=0.1``.
+    (seed 0, ``engine=fused compile=true``, the same updates up to rounding); without the
+    regularizers 2.27%; the official SGD settings (our gradients are batch means, the official
+    code's scaling could not be checked) 2.63%. The official optimizer is one override away:
+    ``optimizer=sgd lr=0.01 head_lr=0.1``.
     """
     cfg = SupervisedFFConfig(hidden=(1000,) * 3, epochs=100, batch_size=100, optimizer="adam",
                              lr=1e-3, lr_schedule="linear_half", head_lr=1e-3, negatives="hard",
