@@ -14,8 +14,8 @@ data; compilation and warm-up excluded. Not a test: nothing is asserted.
 Two pseudo-overrides are not config keys:
 
 - ``update=plain`` builds the variant without ``update.CompiledUpdate`` (which ``compile=true``
-  uses with bf16), i.e. with torch's own fused optimizer step and per-step weight casts, to
-  measure what the compiled update buys:
+  uses with bf16) and without ``update.ProductSGD`` (which fp32 SGD uses), i.e. with torch's own
+  fused optimizer step (and per-step weight casts in bf16), to measure what they buy:
 
     python benchmarks/engine_ab.py --dtype bfloat16 optimizer=adam,compile=true,update=plain \
         optimizer=adam,compile=true
@@ -73,15 +73,15 @@ def main() -> None:
         addmm = "linear=addmm" in overrides
         cfg = apply_overrides(apply_overrides(SupervisedFFConfig(), base),
                               [o for o in overrides if o not in ("update=plain", "linear=addmm")])
-        real = update.CompiledUpdate
-        if plain:   # the task builder then finds no compiled update and calls opt.step()
-            update.CompiledUpdate = lambda *a, **k: None
+        real = update.CompiledUpdate, update.ProductSGD
+        if plain:   # the task builder then finds no update of its own and calls opt.step()
+            update.CompiledUpdate = update.ProductSGD = lambda *a, **k: None
         try:
             runs.append(training_loop(cfg, args.steps)[1])
             if addmm:
                 runs[-1] = without_onednn(runs[-1])
         finally:
-            update.CompiledUpdate = real
+            update.CompiledUpdate, update.ProductSGD = real
 
     def turn(run) -> float:
         start = time.perf_counter()

@@ -144,3 +144,30 @@ def test_compiled_update_equals_eager():
         assert torch.allclose(a.weight.grad, b.weight.grad, rtol=1e-4, atol=1e-6)
         assert torch.allclose(a.bias.grad, b.bias.grad, rtol=1e-4, atol=1e-6)
         assert torch.allclose(a.peer_mean, b.peer_mean, rtol=1e-5)
+
+
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.needs_cxx_compiler)])
+def test_deferred_weight_gradients_are_the_same_products(compiled):
+    """``defer=True`` (what update.ProductSGD consumes) hands out every weight gradient as a
+    GradProduct, the first layer's with its label columns, that makes the same gradient as
+    ``.grad``; biases as tensors. Repeated labels among positives and negatives."""
+    import copy
+
+    from fflab.analytic import LabelledInput, compiled_ff_backward
+    from fflab.update import GradProduct
+    torch.manual_seed(0)
+    net = FFNet.dense(40, [16, 12, 8])
+    twin = copy.deepcopy(net)
+    x = torch.rand(6, 40)
+    y, y_neg = torch.tensor([0, 0, 2, 3, 3, 5]), torch.tensor([3, 2, 0, 0, 5, 3])
+    loss_ref = LabelledInput(net, x, num_classes=10).ff_backward(y, y_neg)
+    backward = compiled_ff_backward(torch.device("cpu")) if compiled else LabelledInput.ff_backward
+    grads: list = []
+    loss = backward(LabelledInput(twin, x, num_classes=10), y, y_neg, grads, True)
+    assert loss.item() == pytest.approx(loss_ref.item(), rel=1e-5)
+    assert all(p.grad is None for p in twin.parameters())
+    assert [isinstance(g, GradProduct) for g in grads] == [True, False] * 3
+    assert grads[0].cols is not None and grads[0].cols.shape == (16, 10)
+    for g, p in zip(grads, net.parameters()):
+        made = g.materialize() if isinstance(g, GradProduct) else g
+        torch.testing.assert_close(made, p.grad, rtol=1e-4, atol=1e-6)

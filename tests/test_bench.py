@@ -27,8 +27,9 @@ def test_bench_reports_every_measurement_and_counts_skipped_neutral_passes():
 
 
 @pytest.mark.parametrize("extra", [
-    {}, pytest.param({"engine": "fused", "compile": True, "dtype": "bfloat16"},   # the net steps via CompiledUpdate
-                     marks=pytest.mark.needs_cxx_compiler)])
+    {}, {"engine": "fused"},    # fp32 sgd: the net steps via ProductSGD
+    pytest.param({"engine": "fused", "compile": True, "dtype": "bfloat16"},   # the net steps via CompiledUpdate
+                 marks=pytest.mark.needs_cxx_compiler)])
 def test_update_cost_restores_the_optimizers(extra):
     from fflab.bench import update_cost_ms
     from fflab.config import SupervisedFFConfig

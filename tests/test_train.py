@@ -41,6 +41,7 @@ def test_same_seed_same_numbers(tmp_path, tiny_mnist):
 
 @pytest.mark.parametrize("extra", [
     {}, {"neutral_every": 3, "engine": "fused"},
+    {"engine": "fused", "optimizer": "sgd"},    # the net steps via ProductSGD
     pytest.param({"engine": "fused", "compile": True, "dtype": "bfloat16"},
                  marks=pytest.mark.needs_cxx_compiler)])
 def test_resume_equals_uninterrupted(tmp_path, tiny_mnist, extra):
@@ -130,10 +131,13 @@ def test_nan_loss_is_a_clear_error(tmp_path, tiny_mnist):
         fit(small_cfg(epochs=1, optimizer="sgd", lr=1e30), str(tmp_path / "n"), progress=False, log=lambda s: None)
 
 
-@pytest.mark.parametrize("engine", ["autograd", "fused"])
-def test_engines_train_like_analytic(tmp_path, tiny_mnist, engine):
-    ref = fit(small_cfg(epochs=1, engine="analytic"), str(tmp_path / "a"), progress=False, log=lambda s: None)
-    other = fit(small_cfg(epochs=1, engine=engine), str(tmp_path / engine), progress=False, log=lambda s: None)
+@pytest.mark.parametrize("engine, optimizer", [("autograd", "adam"), ("fused", "adam"),
+                                               ("fused", "sgd")])   # fused + sgd: ProductSGD
+def test_engines_train_like_analytic(tmp_path, tiny_mnist, engine, optimizer):
+    ref = fit(small_cfg(epochs=1, engine="analytic", optimizer=optimizer), str(tmp_path / "a"), progress=False,
+              log=lambda s: None)
+    other = fit(small_cfg(epochs=1, engine=engine, optimizer=optimizer), str(tmp_path / engine), progress=False,
+                log=lambda s: None)
     la = runs.read_metrics(tmp_path / "a")[-1]["train_loss"]
     lb = runs.read_metrics(tmp_path / engine)[-1]["train_loss"]
     assert lb == pytest.approx(la, rel=1e-3)

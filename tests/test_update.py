@@ -1,10 +1,11 @@
-"""update.CompiledUpdate: torch's SGD / Adam step, compiled, from low-precision gradients."""
+"""update.CompiledUpdate: torch's SGD / Adam step, compiled, from low-precision gradients;
+update.ProductSGD: torch's SGD step with the weight-gradient products made into the momentum buffer."""
 import copy
 
 import pytest
 import torch
 
-from fflab.update import CompiledUpdate
+from fflab.update import CompiledUpdate, GradProduct, ProductSGD
 
 
 OPTIMIZERS = {
@@ -112,3 +113,62 @@ def test_wrong_number_of_gradients():
     update = CompiledUpdate(OPTIMIZERS["sgd"](params), copied=[], dtype=None)
     with pytest.raises(ValueError, match="1 gradients for 2 parameters"):
         update.step(_grads(0)[:1])
+
+
+def _products(step):
+    """The weight gradient as factors a.T @ b plus two label-like columns, the bias plain."""
+    g = torch.Generator().manual_seed(200 + step)
+    return [GradProduct(torch.randn(4, 6, generator=g), torch.randn(4, 5, generator=g),
+                        cols=torch.randn(6, 2, generator=g)),
+            torch.randn(6, generator=g)]
+
+
+@pytest.mark.parametrize("hyper", [dict(momentum=0.9, dampening=0.9, weight_decay=1e-2),
+                                   dict(momentum=0.5, dampening=0.0, weight_decay=0.0)])
+def test_product_sgd_same_steps_and_state_as_torch_sgd(hyper):
+    """Four steps with a learning-rate change between them: the same parameters and momentum
+    buffers as torch's SGD given the products made out (the first step is torch's own)."""
+    ref_params, params = _params(), _params()
+    ref = torch.optim.SGD(ref_params, lr=0.05, fused=True, **hyper)
+    opt = torch.optim.SGD(params, lr=0.05, fused=True, **hyper)
+    update = ProductSGD(opt)
+    for step in range(4):
+        if step == 2:
+            for o in (ref, opt):
+                o.param_groups[0]["lr"] *= 0.5
+        grads = _products(step)
+        for p, g in zip(ref_params, grads):
+            p.grad = g.materialize() if isinstance(g, GradProduct) else g.clone()
+        ref.step()
+        update.step(grads)
+        for p, q in zip(ref_params, params):
+            torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6)
+        assert all(p.grad is None for p in params)
+    for p, q in zip(ref_params, params):
+        torch.testing.assert_close(opt.state[q]["momentum_buffer"], ref.state[p]["momentum_buffer"],
+                                   rtol=1e-5, atol=1e-6)
+
+
+def test_grad_product_materializes_with_its_columns():
+    a, b, cols = torch.randn(3, 4), torch.randn(3, 5), torch.randn(4, 2)
+    g = GradProduct(a, b, cols).materialize()
+    expected = a.t() @ b
+    expected[:, :2] += cols
+    torch.testing.assert_close(g, expected)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda ps: torch.optim.SGD(ps, lr=0.1), "momentum"),
+    (lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True), "nesterov"),
+    (lambda ps: torch.optim.SGD(ps, lr=torch.tensor(0.1), momentum=0.9), "float lr"),
+    (lambda ps: torch.optim.Adam(ps), "not Adam"),
+])
+def test_product_sgd_refuses_what_it_cannot_step(make, match):
+    with pytest.raises(ValueError, match=match):
+        ProductSGD(make(_params()))
+
+
+def test_product_sgd_wrong_number_of_gradients():
+    update = ProductSGD(OPTIMIZERS["sgd"](_params()))
+    with pytest.raises(ValueError, match="1 gradients for 2 parameters"):
+        update.step(_products(0)[:1])

@@ -25,6 +25,7 @@ from .errors import ConfigError
 from .layers import FFDense, fp32_accum, normalize
 from .nets import FFNet
 from .products import linear
+from .update import GradProduct
 
 _SIGN = {"ssq": 1.0, "min_ssq": -1.0, "mean_ssq": 1.0}
 
@@ -77,11 +78,23 @@ def _put_grad(param: torch.Tensor, grad: torch.Tensor, grads: list[torch.Tensor]
         grads.append(grad)
 
 
+def _put_weight_grad(w: torch.Tensor, a: torch.Tensor, b: torch.Tensor, grads: list | None, defer: bool) -> None:
+    """The weight gradient ``a.T @ b`` (dL/dz rows by input rows, (out, in)): made and put as
+    ``_put_grad`` does, or, with ``defer``, appended to ``grads`` unmade as an
+    ``update.GradProduct``, which ``update.ProductSGD`` makes straight into the momentum buffer."""
+    if defer:
+        grads.append(GradProduct(a, b))
+    else:
+        _put_grad(w, torch.mm(a.t(), b), grads)
+
+
 def _dense_backward(layers, x: torch.Tensor, num_pos: int, eps: float, dtype: torch.dtype | None,
-                    total: torch.Tensor, hs: list[torch.Tensor], weights=None, grads=None) -> torch.Tensor:
+                    total: torch.Tensor, hs: list[torch.Tensor], weights=None, grads=None,
+                    defer: bool = False) -> torch.Tensor:
     """Forward normalized input x through ``layers`` setting each layer's grads; returns the loss sum.
     ``weights``: the layers' weights already cast to ``dtype`` (saves a cast per product).
-    ``grads``: a list to append (weight, bias) gradients to instead of setting ``.grad``."""
+    ``grads``: a list to append (weight, bias) gradients to instead of setting ``.grad``;
+    ``defer``: the weight gradients go in it as ``GradProduct``s (``_put_weight_grad``)."""
     for i, layer in enumerate(layers):
         w, bias = layer.weight, layer.bias
         xin = cast_to(x, dtype)
@@ -90,7 +103,7 @@ def _dense_backward(layers, x: torch.Tensor, num_pos: int, eps: float, dtype: to
         hs.append(h)
         dz, loss = local_dz(layer, h, num_pos)
         total = total + loss
-        _put_grad(w, torch.mm(cast_to(dz, dtype).t(), xin), grads)    # (out, in): the update's only product
+        _put_weight_grad(w, cast_to(dz, dtype), xin, grads, defer)    # (out, in): the update's only product
         _put_grad(bias, dz.sum(0), grads)
         x = normalize(h, eps)
     return total
@@ -179,17 +192,19 @@ class LabelledInput:
 
     @torch.no_grad()
     def ff_backward(self, y_pos: torch.Tensor, y_neg: torch.Tensor,
-                    grads: list[torch.Tensor] | None = None) -> torch.Tensor:
+                    grads: list[torch.Tensor] | None = None, defer: bool = False) -> torch.Tensor:
         """Same gradients as ``ff_backward(net, cat([overlay(x, y_pos), overlay(x, y_neg)]), B)``,
         set as ``.grad`` or, given ``grads``, appended to it in parameter order (the upper layers'
-        weight gradients in the products' dtype). Returns the sum of the layers' losses."""
-        total, dz_r = self.ff_backward_image(y_pos, y_neg, grads)
+        weight gradients in the products' dtype; with ``defer``, every weight gradient as an
+        ``update.GradProduct``, for ``update.ProductSGD``). Returns the sum of the layers' losses."""
+        total, dz_r = self.ff_backward_image(y_pos, y_neg, grads, defer)
         self.add_label_grad(dz_r, y_pos, y_neg, grads)
         return total
 
     @torch.no_grad()
     def ff_backward_image(self, y_pos: torch.Tensor, y_neg: torch.Tensor,
-                          grads: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                          grads: list[torch.Tensor] | None = None,
+                          defer: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """``ff_backward`` but for the first layer's label columns: returns the loss and the
         first layer's dL/dz per input row (2B, out0), from which ``add_label_grad`` adds them.
         Split so that ``compiled_ff_backward`` can leave that small update out of the compiled
@@ -203,24 +218,31 @@ class LabelledInput:
         dz, total = local_dz(layer0, h, b)
         dz_r = dz / torch.cat([r, r])[:, None]                # the input rows were divided by r
         w0 = layer0.weight
-        grad = torch.mm(cast_to(dz_r[:b] + dz_r[b:], self.dtype).t(), self.img_c)
-        # In the parameter's dtype even for a list: add_label_grad then adds the label columns'
-        # sums (the image part of those columns is 0) without rounding them to bf16.
-        _put_grad(w0, grad.to(w0.dtype), grads)
+        dz_img = cast_to(dz_r[:b] + dz_r[b:], self.dtype)    # positives and negatives share the image
+        if defer:
+            grads.append(GradProduct(dz_img, self.img_c))
+        else:
+            # In the parameter's dtype even for a list: add_label_grad then adds the label columns'
+            # sums (the image part of those columns is 0) without rounding them to bf16.
+            _put_grad(w0, torch.mm(dz_img.t(), self.img_c).to(w0.dtype), grads)
         _put_grad(layer0.bias, dz.sum(0), grads)
         hs = [h]
         total = _dense_backward(net.layers[1:], normalize(h, net.eps), b, net.eps, self.dtype, total, hs,
-                                weights=self.weights[1:], grads=grads)
+                                weights=self.weights[1:], grads=grads, defer=defer)
         return total, dz_r
 
     @torch.no_grad()
     def add_label_grad(self, dz_r: torch.Tensor, y_pos: torch.Tensor, y_neg: torch.Tensor,
                        grads: list[torch.Tensor] | None = None) -> None:
         """Add the label columns' part to the first layer's weight gradient (``.grad``, or
-        ``grads[0]``): each case adds its dz row to the column of its label. Rows of a (C, out0)
-        sum are contiguous, and two one-hot products cost more for the same numbers; the
-        in-place add touches C columns and nothing else."""
+        ``grads[0]``, or, a deferred ``GradProduct``, as its ``cols``): each case adds its dz row
+        to the column of its label. Rows of a (C, out0) sum are contiguous, and two one-hot
+        products cost more for the same numbers; the in-place add touches C columns and nothing
+        else."""
         label_grad = dz_r.new_zeros(self.num_classes, dz_r.shape[1]).index_add_(0, torch.cat([y_pos, y_neg]), dz_r)
+        if grads is not None and isinstance(grads[0], GradProduct):   # deferred: the update adds them
+            grads[0] = grads[0]._replace(cols=label_grad.t())
+            return
         grad = self.net.layers[0].weight.grad if grads is None else grads[0]
         grad[:, :self.num_classes] += label_grad.t()
 
@@ -248,8 +270,8 @@ def compiled_ff_backward(device: torch.device) -> Callable[..., torch.Tensor]:
     image_part = torch.compile(LabelledInput.ff_backward_image, dynamic=False)
 
     def ff_backward(li: LabelledInput, y_pos: torch.Tensor, y_neg: torch.Tensor,
-                    grads: list[torch.Tensor] | None = None) -> torch.Tensor:
-        total, dz_r = image_part(li, y_pos, y_neg, grads)
+                    grads: list[torch.Tensor] | None = None, defer: bool = False) -> torch.Tensor:
+        total, dz_r = image_part(li, y_pos, y_neg, grads, defer)
         li.add_label_grad(dz_r, y_pos, y_neg, grads)   # eager on purpose (ff_backward_image)
         return total
 

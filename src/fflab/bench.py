@@ -104,29 +104,38 @@ def update_cost_ms(cfg: Any, *, steps: int, reps: int) -> float:
     no-op) / steps, in ms. The two kinds alternate on one task so that the machine's drift
     cancels in each pair. In place matters: the updates' passes over weights, gradients and
     optimizer state also evict the products' operands from cache, which timing ``opt.step()``
-    alone would miss."""
-    from .update import CompiledUpdate   # compile=true with bf16 steps the net through it
+    alone would miss. ``update.ProductSGD`` (fp32 SGD) makes the weight gradients inside its
+    step; its no-op still makes them, as plain products, and skips only the update."""
+    # compile=true with bf16 steps the net through CompiledUpdate, fp32 SGD through ProductSGD
+    from .update import CompiledUpdate, GradProduct, ProductSGD
     task, run = training_loop(cfg, steps)
     real = {k: opt.step for k, opt in task.optimizers.items()}
-    real_compiled = CompiledUpdate.step
+    real_steps = CompiledUpdate.step, ProductSGD.step
+
+    def products_only(self, grads) -> None:
+        for g in grads:
+            if isinstance(g, GradProduct):
+                g.materialize()
 
     def no_update() -> None:
         for opt in task.optimizers.values():
             opt.step = lambda *args, **kwargs: None   # instance attribute, removed below
         CompiledUpdate.step = lambda self, grads: None
+        ProductSGD.step = products_only
         try:
             run()
         finally:
             for opt in task.optimizers.values():
                 del opt.step
-            CompiledUpdate.step = real_compiled
+            CompiledUpdate.step, ProductSGD.step = real_steps
 
     run()   # warm-up (and compilation, if any)
     diffs = []
     for _ in range(reps):
         full, skipped = _timeit(run, reps=1, warmup=0)[0], _timeit(no_update, reps=1, warmup=0)[0]
         diffs.append((full - skipped) / steps * 1e3)
-    assert all(opt.step == real[k] for k, opt in task.optimizers.items()) and CompiledUpdate.step is real_compiled
+    assert all(opt.step == real[k] for k, opt in task.optimizers.items())
+    assert (CompiledUpdate.step, ProductSGD.step) == real_steps
     return statistics.median(diffs)
 
 

@@ -335,7 +335,9 @@ def supervised_ff_task(cfg: SupervisedFFConfig, device: torch.device) -> Task:
     analytic_dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else None
 
     ff_update = analytic.LabelledInput.ff_backward
-    compiled_update = None
+    # The net's optimizer step where the fused engine has a faster one than opt.step(); it takes
+    # the gradients as a list from ff_update.
+    compiled_update = product_update = None
     if cfg.compile:
         if engine != "fused":
             raise ConfigError(f"compile=true applies to engine=fused only (this run: engine={engine})")
@@ -344,11 +346,17 @@ def supervised_ff_task(cfg: SupervisedFFConfig, device: torch.device) -> Task:
             # bf16: the net's optimizer step compiled too, taking the bf16 gradients as they leave
             # their products and writing the bf16 weight copies the next step's products read
             # (same update as opt.step(), tests/test_update.py; 0.4-0.8 ms less per 3 x 1000
-            # step, 14.6 ms per 4 x 2000 step, BENCHMARKS.md). In fp32 torch's fused step is as
-            # fast, so it stays.
+            # step, 14.6 ms per 4 x 2000 step, BENCHMARKS.md).
             from .update import CompiledUpdate
             compiled_update = CompiledUpdate(opt, copied=[layer.weight for layer in net.layers],
                                              dtype=analytic_dtype)
+    if engine == "fused" and analytic_dtype is None and cfg.optimizer == "sgd":
+        # fp32 SGD: each weight-gradient product made straight into the momentum buffer, one GEMM
+        # instead of writing the gradient out and reading it back (same update as opt.step(),
+        # tests/test_update.py; BENCHMARKS.md, "Eighth session").
+        from .update import ProductSGD
+        product_update = ProductSGD(opt)
+    net_update = compiled_update or product_update
     if cfg.neutral_every < 1:
         raise ConfigError(f"neutral_every={cfg.neutral_every} must be >= 1")
     # Per-image hard-negative probabilities from the last neutral pass that saw the image
@@ -404,9 +412,9 @@ def supervised_ff_task(cfg: SupervisedFFConfig, device: torch.device) -> Task:
             if cfg.neutral_every > 1 and idx is not None:
                 cached_probs(idx)[idx] = probs.float()
         y_neg = sample_negatives(probs, y, g)
-        grads: list[torch.Tensor] | None = [] if compiled_update is not None else None
+        grads: list[torch.Tensor] | None = [] if net_update is not None else None
         if li is not None:
-            loss = ff_update(li, y, y_neg, grads)
+            loss = ff_update(li, y, y_neg, grads, product_update is not None)
         else:
             # Positive and negative passes as one batched product per layer.
             x_pn = torch.cat([overlay_label(x, y, num_classes), overlay_label(x, y_neg, num_classes)])
@@ -417,8 +425,8 @@ def supervised_ff_task(cfg: SupervisedFFConfig, device: torch.device) -> Task:
                     hs = net(x_pn)
                 loss = torch.stack(net.local_losses([h[:b] for h in hs], [h[b:] for h in hs])).sum()
                 loss.backward()
-        if compiled_update is not None:
-            compiled_update.step(grads)
+        if net_update is not None:
+            net_update.step(grads)
         else:
             opt.step()
         if head_loss is not None:   # the head learns on neutral steps only (no grads, no step otherwise)
