@@ -144,6 +144,25 @@ def test_engines_train_like_analytic(tmp_path, tiny_mnist, engine, optimizer):
     assert abs(other["test_error_goodness"] - ref["test_error_goodness"]) <= 0.02
 
 
+@pytest.mark.parametrize("momentum", [0.9, 0.0])
+def test_fused_fp32_sgd_steps_through_product_sgd_when_it_can(momentum):
+    """Momentum SGD takes its weight gradients as products (update.ProductSGD); without momentum
+    (nothing to fold them into) the task steps through torch's SGD instead of failing."""
+    from fflab import train, update
+    task = train.build_task(small_cfg(engine="fused", optimizer="sgd", momentum=momentum), torch.device("cpu"))
+    calls = []
+    real = update.ProductSGD.step
+    update.ProductSGD.step = lambda self, grads: (calls.append(len(grads)), real(self, grads))[1]
+    try:
+        g = torch.Generator().manual_seed(0)
+        for _ in range(2):
+            loss = task.step(torch.rand(8, 784), torch.randint(0, 10, (8,)), g)
+    finally:
+        update.ProductSGD.step = real
+    assert torch.isfinite(loss)
+    assert calls == ([4, 4] if momentum else [])
+
+
 def test_bf16_runs(tmp_path, tiny_mnist):
     for engine in ("analytic", "fused", "autograd"):
         res = fit(small_cfg(epochs=1, dtype="bfloat16", engine=engine), str(tmp_path / engine),
@@ -190,7 +209,9 @@ def test_neutral_every_must_be_positive():
 
 def test_sgd_is_fused_and_keeps_the_official_smoothing():
     """make_optimizer's SGD uses torch's fused kernel (one pass per tensor) and still computes
-    the official update: buffer = 0.9 buffer + 0.1 (grad + wd w), w -= lr buffer."""
+    the official update from the first step on: buffer = 0.9 buffer + 0.1 (grad + wd w), starting
+    at 0 (torch's own first step would copy the gradient in undamped: a 10 x larger step),
+    w -= lr buffer."""
     from fflab.train import make_optimizer
     w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
     opt = make_optimizer([w], name="sgd", lr=0.5, momentum=0.9, weight_decay=0.1)
@@ -199,10 +220,15 @@ def test_sgd_is_fused_and_keeps_the_official_smoothing():
     for grad in (torch.tensor([1.0, 2.0]), torch.tensor([-3.0, 0.5])):
         w.grad = grad.clone()
         opt.step()
-        # torch's first step copies the gradient into the buffer; later steps smooth it
-        buf = (grad + 0.1 * ref) if not buf.any() else 0.9 * buf + 0.1 * (grad + 0.1 * ref)
+        buf = 0.9 * buf + 0.1 * (grad + 0.1 * ref)
         ref = ref - 0.5 * buf
         assert torch.allclose(w.detach(), ref)
+    # without momentum there is no average to start
+    v = torch.nn.Parameter(torch.ones(2))
+    plain = make_optimizer([v], name="sgd", lr=0.5, momentum=0.0, weight_decay=0.0)
+    v.grad = torch.ones(2)
+    plain.step()
+    assert torch.allclose(v.detach(), torch.full((2,), 0.5))
 
 
 def test_compile_needs_the_fused_engine():

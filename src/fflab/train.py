@@ -81,8 +81,16 @@ def make_optimizer(params, *, name: str, lr: float, momentum: float, weight_deca
         # which is the official code's "smoothing 0.9" (grad_avg = 0.9 grad_avg + 0.1 grad).
         # fused (CPU and CUDA): one pass over each tensor; measured 0.6 ms less per 3 x 1000 step
         # than the default multi-pass update on 2 CPU threads (BENCHMARKS.md).
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, dampening=momentum, weight_decay=weight_decay,
-                               fused=_fusable(params))
+        opt = torch.optim.SGD(params, lr=lr, momentum=momentum, dampening=momentum, weight_decay=weight_decay,
+                              fused=_fusable(params))
+        if momentum:
+            # The average starts at 0, as the official smoothing does: torch's SGD would start
+            # its buffer at the first gradient itself, undamped, making the first step
+            # 1 / (1 - momentum) = 10 x the official one (with lr 0.01 it sent the 3 x 1000 net's
+            # FF loss from 1.5e3 to 1.8e5 in one step; BENCHMARKS.md, "Eighth session").
+            for p in params:
+                opt.state[p]["momentum_buffer"] = torch.zeros_like(p)
+        return opt
     raise ConfigError(f"optimizer={name!r}: choose adam or sgd")
 
 
@@ -350,7 +358,7 @@ def supervised_ff_task(cfg: SupervisedFFConfig, device: torch.device) -> Task:
             from .update import CompiledUpdate
             compiled_update = CompiledUpdate(opt, copied=[layer.weight for layer in net.layers],
                                              dtype=analytic_dtype)
-    if engine == "fused" and analytic_dtype is None and cfg.optimizer == "sgd":
+    if engine == "fused" and analytic_dtype is None and cfg.optimizer == "sgd" and cfg.momentum > 0:
         # fp32 SGD: each weight-gradient product made straight into the momentum buffer, one GEMM
         # instead of writing the gradient out and reading it back (same update as opt.step(),
         # tests/test_update.py; BENCHMARKS.md, "Eighth session").
