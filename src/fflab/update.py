@@ -174,8 +174,10 @@ class ProductSGD:
 
     Same arithmetic as torch's SGD up to float rounding (``tests/test_update.py``), the state in
     the optimizer's ``state`` under torch's key, so ``state_dict``, checkpoints and resuming are
-    the plain optimizer's. The first step of each tensor is left to torch (its buffer starts as
-    the gradient, undamped). Gradients that are tensors (biases) take the same update.
+    the plain optimizer's. A tensor with no buffer yet takes its first step from torch (whose
+    buffer starts as the gradient, undamped); ``train.make_optimizer`` starts every buffer at 0,
+    the official smoothing, so its SGD never takes that path. Gradients that are tensors
+    (biases) take the same update.
     """
 
     def __init__(self, opt: torch.optim.Optimizer):
