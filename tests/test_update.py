@@ -172,3 +172,12 @@ def test_product_sgd_wrong_number_of_gradients():
     update = ProductSGD(OPTIMIZERS["sgd"](_params()))
     with pytest.raises(ValueError, match="1 gradients for 2 parameters"):
         update.step(_products(0)[:1])
+
+
+def test_product_sgd_refuses_factors_in_another_dtype():
+    params = _params()
+    update = ProductSGD(OPTIMIZERS["sgd"](params))
+    update.step(_products(0))     # torch's first step (no buffer yet)
+    a, b = _products(1)[0][:2]
+    with pytest.raises(ValueError, match="buffer's dtype"):
+        update.step([GradProduct(a.bfloat16(), b.bfloat16()), torch.zeros(6)])

@@ -142,7 +142,6 @@ class CompiledUpdate:
         self._versions = [p._version for p in self.params]
 
 
-
 class GradProduct(NamedTuple):
     """A weight gradient not yet computed: ``a.T @ b`` (the analytic engine's weight-gradient
     product, dL/dz of the layer's rows by its input rows), plus ``cols``, when given, added to
@@ -210,6 +209,9 @@ class ProductSGD:
         plain_bufs, plain_grads = [], []
         for g, buf in zip(grads, bufs):
             if isinstance(g, GradProduct):
+                if g.a.dtype != buf.dtype or g.b.dtype != buf.dtype:
+                    raise ValueError(f"ProductSGD makes the product in the buffer's dtype {buf.dtype}; "
+                                     f"got factors in {g.a.dtype} and {g.b.dtype}")
                 buf.addmm_(g.a.t(), g.b, beta=m, alpha=1 - d)
                 if g.cols is not None:
                     buf[:, :g.cols.shape[1]].add_(g.cols, alpha=1 - d)
