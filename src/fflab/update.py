@@ -169,7 +169,7 @@ class ProductSGD:
     follow as ``foreach`` passes. Measured on the 2-core development VM (BENCHMARKS.md, "Eighth
     session"), fp32 3 x 1000 step, batch 100, fused engine, 2 threads, interleaved A/B against
     torch's fused SGD: 0.5-0.8 ms less with ``compile=true`` (15.07 -> 14.41 ms in one sitting),
-    0.75-0.86 ms less eager.
+    0.40-0.86 ms less eager.
 
     Same arithmetic as torch's SGD up to float rounding (``tests/test_update.py``), the state in
     the optimizer's ``state`` under torch's key, so ``state_dict``, checkpoints and resuming are
