@@ -81,6 +81,19 @@ def test_small_products_stay_with_addmm(monkeypatch):
     assert calls == [1]
 
 
+def test_bf16_without_native_support_goes_through_addmm(monkeypatch):
+    """A CPU without native bf16 (AVX2 only, e.g. Zen 3): oneDNN cannot build a bf16 linear
+    there, so bf16 products take addmm (slow but right) and fp32 keeps oneDNN."""
+    monkeypatch.setattr(products, "NATIVE_BF16", False)
+    calls = _count_addmm(monkeypatch)
+    x, w, b = _operands(torch.bfloat16)
+    out = linear(x, w, b, relu=True)
+    assert calls == [1]
+    torch.testing.assert_close(out.double(), _reference(x, w, b, True), rtol=3e-2, atol=3e-2)
+    linear(*_operands(torch.float32), relu=True)
+    assert calls == ([1] if products.USE_ONEDNN else [1, 1])
+
+
 @pytest.mark.needs_cxx_compiler
 def test_linear_compiles_without_graph_breaks():
     """Inside ``torch.compile`` (where inductor's own oneDNN lowering wants a frozen weight) the

@@ -242,3 +242,22 @@ def test_compile_without_a_cxx_compiler_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(analytic.shutil, "which", lambda name: None)
     with pytest.raises(ConfigError, match="C\\+\\+ compiler"):
         train.build_task(small_cfg(compile=True, engine="fused"), torch.device("cpu"))
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_on_a_cpu_without_native_bf16_warns(native, monkeypatch, recwarn):
+    """An AVX2-only CPU runs bf16 products ~50 x slower than fp32: building such a run says so
+    (and only then: fp32, or a CPU with native bf16, builds quietly)."""
+    from fflab import products
+    from fflab.errors import SlowDtypeWarning
+    from fflab.train import build_task
+    monkeypatch.setattr(products, "NATIVE_BF16", native)
+    cpu = torch.device("cpu")
+    build_task(SupervisedFFConfig(hidden=(8, 8), dtype="float32"), cpu)
+    assert not [w for w in recwarn if w.category is SlowDtypeWarning]
+    if native:
+        build_task(SupervisedFFConfig(hidden=(8, 8), dtype="bfloat16"), cpu)
+        assert not [w for w in recwarn if w.category is SlowDtypeWarning]
+    else:
+        with pytest.warns(SlowDtypeWarning, match="dtype=bfloat16 on a CPU without native bf16"):
+            build_task(SupervisedFFConfig(hidden=(8, 8), dtype="bfloat16"), cpu)

@@ -219,7 +219,9 @@ def format_table(res: dict[str, Any]) -> str:
         f"negatives {res['negatives']} engine {res['engine']} neutral_every {res.get('neutral_every', 1)} "
         f"optimizer {res.get('optimizer', 'adam')} compile {res.get('compile', False)} "
         f"({res['steps']} steps x {res['reps']} reps, median [min-max])",
-        f"hardware: {env['cpu']} | {env['cpu_count']} CPUs, {env['torch_threads']} torch threads"
+        f"hardware: {env['cpu']} ({env.get('cpu_capability', '?')}"
+        + ("" if env.get("native_bf16", True) else ", no native bf16: bf16 products run a slow fallback")
+        + f") | {env['cpu_count']} CPUs, {env['torch_threads']} torch threads"
         + (f" | GPU {env['gpu']}" if env.get("gpu") else ""),
         f"versions: torch {env['torch']}, python {env['python']}, fflab {env['fflab']}"
         + (f" | FF forward products: {res['forward_products']}" if "forward_products" in res else ""),

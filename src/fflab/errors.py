@@ -19,3 +19,8 @@ class CheckpointError(FFLabError):
 
 class TrainingDiverged(FFLabError):
     """The loss became NaN or infinite."""
+
+
+class SlowDtypeWarning(UserWarning):
+    """The chosen dtype runs far slower on this machine than float32 (e.g. bf16 on a CPU without
+    native bf16 products)."""

@@ -13,8 +13,8 @@ products went to oneDNN through ``addmm`` already: same bits. The weight-gradien
 cache-hot operands alone but slower inside a sequence imitating the training step.
 
 Elsewhere (CUDA, builds without oneDNN, ``torch.backends.mkldnn.enabled = False``, other dtypes,
-products under ``MIN_ONEDNN_MACS`` multiply-adds, inputs that need gradients) it is
-``torch.addmm``. Same numbers up to float rounding (tests/test_products.py).
+bf16 on a CPU whose oneDNN has no bf16 kernel, products under ``MIN_ONEDNN_MACS`` multiply-adds,
+inputs that need gradients) it is ``torch.addmm``. Same numbers up to float rounding (tests/test_products.py).
 """
 from __future__ import annotations
 
@@ -31,16 +31,25 @@ USE_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, 
 MIN_ONEDNN_MACS = 1 << 22
 
 
+# Whether this CPU runs bf16 products natively (AVX-512 BF16 or AMX: Zen 4, Sapphire Rapids).
+# Without (e.g. an AVX2-only Zen 3), oneDNN refuses to build a bf16 linear at all ("could not
+# create a primitive descriptor", from deep inside torch) and torch's bf16 ``mm`` falls back to
+# a reference loop: 2 GFLOP/s against 110 fp32 on a 2-core Zen 3 VM. Read on every call.
+NATIVE_BF16 = bool(torch.backends.mkldnn.is_available()
+                   and getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
+
+
 def _fits(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> bool:
-    """A CPU product oneDNN's linear takes (fp32 or bf16, one dtype), big enough to pay for it,
-    with no autograd graph to record (the oneDNN kernel has no derivative: through it, backward
-    would silently give no gradients)."""
+    """A CPU product oneDNN's linear takes (fp32, or bf16 where the CPU has it natively; one
+    dtype), big enough to pay for it, with no autograd graph to record (the oneDNN kernel has no
+    derivative: through it, backward would silently give no gradients)."""
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or w.requires_grad
                                               or (b is not None and b.requires_grad))
     return (x.device.type == "cpu" and not needs_grad and x.dim() == 2
             and x.dtype in (torch.float32, torch.bfloat16) and w.dtype == x.dtype
             and (b is None or b.dtype == x.dtype)
-            and x.shape[0] * x.shape[1] * w.shape[0] >= MIN_ONEDNN_MACS)
+            and x.shape[0] * x.shape[1] * w.shape[0] >= MIN_ONEDNN_MACS
+            and (x.dtype != torch.bfloat16 or NATIVE_BF16))
 
 
 def _addmm(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], relu: bool) -> torch.Tensor:

@@ -64,11 +64,16 @@ def git_commit() -> str | None:
         return None
 
 
+def _cpu_capability() -> str:
+    get = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", None)
+    return get() if get is not None else "unknown"
+
+
 def environment() -> dict[str, Any]:
     """Versions and hardware, as printed by ``fflab env`` and stored in every run folder."""
     import numpy
 
-    from . import __version__
+    from . import __version__, products
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -85,6 +90,10 @@ def environment() -> dict[str, Any]:
         "numpy": numpy.__version__,
         "platform": platform.platform(),
         "cpu": cpu,
+        # "AMD EPYC" names both Zen 3 (AVX2) and Zen 4 (AVX-512, native bf16), whose speeds differ
+        # by up to 2 x in fp32 and 50 x in bf16: the vector ISA torch dispatches to tells them apart.
+        "cpu_capability": _cpu_capability(),
+        "native_bf16": products.NATIVE_BF16,
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.is_available(),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -19,7 +20,7 @@ from torch import nn
 
 from . import runs
 from .config import BPConfig, CommonConfig, SupervisedFFConfig
-from .errors import CheckpointError, ConfigError, TrainingDiverged
+from .errors import CheckpointError, ConfigError, SlowDtypeWarning, TrainingDiverged
 from .negatives import hard_wrong_labels, overlay_label, uniform_wrong_labels
 from .nets import CNN, FFNet, SoftmaxHead, mlp
 
@@ -165,8 +166,19 @@ def build_task(cfg: Any, device: torch.device) -> Task:
         builder = TASKS[type(cfg).__name__]
     except KeyError:
         raise ConfigError(f"no trainer for config kind {type(cfg).__name__}") from None
+    warn_if_slow_dtype(getattr(cfg, "dtype", "float32"), device)
     torch.manual_seed(cfg.seed)  # model initialization
     return builder(cfg, device)
+
+
+def warn_if_slow_dtype(dtype: str, device: torch.device) -> None:
+    """bf16 on a CPU without native bf16 products (AVX2 only, e.g. AMD Zen 3) runs every product
+    through a reference loop, about 50 x slower than fp32: say so before a run crawls."""
+    from . import products
+    if dtype == "bfloat16" and device.type == "cpu" and not products.NATIVE_BF16:
+        warnings.warn("dtype=bfloat16 on a CPU without native bf16 products (no AVX-512 BF16 or "
+                      "AMX): every product runs in a slow fallback, far slower than float32. "
+                      "Use dtype=float32 here.", SlowDtypeWarning, stacklevel=3)
 
 
 # ----------------------------------------------------------------------------- the loop
