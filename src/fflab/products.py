@@ -33,8 +33,8 @@ MIN_ONEDNN_MACS = 1 << 22
 
 # Whether this CPU runs bf16 products natively (AVX-512 BF16 or AMX: Zen 4, Sapphire Rapids).
 # Without (e.g. an AVX2-only Zen 3), oneDNN refuses to build a bf16 linear at all ("could not
-# create a primitive descriptor", from deep inside torch) and torch's bf16 ``mm`` falls back to
-# a reference loop: 2 GFLOP/s against 110 fp32 on a 2-core Zen 3 VM. Read on every call.
+# create a primitive descriptor", from deep inside torch) and torch's bf16 ``mm`` runs
+# a slow fallback, 1.3-10 GFLOP/s against 106-113 fp32 on a 2-core Zen 3 VM. Read on every call.
 NATIVE_BF16 = bool(torch.backends.mkldnn.is_available()
                    and getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
 

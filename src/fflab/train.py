@@ -173,7 +173,7 @@ def build_task(cfg: Any, device: torch.device) -> Task:
 
 def warn_if_slow_dtype(dtype: str, device: torch.device) -> None:
     """bf16 on a CPU without native bf16 products (AVX2 only, e.g. AMD Zen 3) runs every product
-    through a reference loop, about 50 x slower than fp32: say so before a run crawls."""
+    through a slow fallback, 10-80 x slower than fp32 (BENCHMARKS.md): say so before a run crawls."""
     from . import products
     if dtype == "bfloat16" and device.type == "cpu" and not products.NATIVE_BF16:
         warnings.warn("dtype=bfloat16 on a CPU without native bf16 products (no AVX-512 BF16 or "
