@@ -146,6 +146,25 @@ def test_compiled_update_equals_eager():
         assert torch.allclose(a.peer_mean, b.peer_mean, rtol=1e-5)
 
 
+@pytest.mark.needs_cxx_compiler
+def test_compiled_neutral_pass_equals_eager():
+    """compile=true's neutral pass: every layer's activities as eager (float rounding aside), for
+    the neutral label and for one-hot labels, in one graph (no graph break)."""
+    from fflab.analytic import LabelledInput, compiled_forward
+    torch.manual_seed(0)
+    net = FFNet.dense(40, [16, 12, 8])
+    li = LabelledInput(net, torch.rand(6, 40), num_classes=10)
+    torch._dynamo.reset()
+    forward = compiled_forward(torch.device("cpu"))
+    for labels in (None, torch.tensor([0, 0, 2, 3, 3, 5])):
+        got, ref = forward(li, labels), li.forward(labels)
+        assert len(got) == len(ref) == 3
+        for a, b in zip(got, ref):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    explained = torch._dynamo.explain(LabelledInput.forward)(li, None)
+    assert explained.graph_break_count == 0
+
+
 @pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.needs_cxx_compiler)])
 def test_deferred_weight_gradients_are_the_same_products(compiled):
     """``defer=True`` (what update.ProductSGD consumes) hands out every weight gradient as a

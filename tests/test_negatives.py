@@ -28,6 +28,21 @@ def test_hard_wrong_labels_follow_probs_and_never_true():
     assert (neg != 0).all()
 
 
+def test_hard_wrong_labels_draw_as_torch_multinomial_does(monkeypatch):
+    """The sampler skips torch.multinomial's checks (host reads), not its draw: on CPU the same
+    labels from the same generator, which is left in the same state; and it reads the host never."""
+    g = torch.Generator().manual_seed(1)
+    probs = torch.rand(300, 10, generator=g).softmax(1)
+    y = torch.randint(0, 10, (300,), generator=g)
+    ref = (probs + 1e-12).scatter_(1, y[:, None], 0.0)   # what the sampler draws from
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    expected = torch.multinomial(ref, 1, generator=g1).squeeze(1)
+    monkeypatch.setattr(torch.Tensor, "item", lambda self: (_ for _ in ()).throw(AssertionError("host read")))
+    got = hard_wrong_labels(probs, y, generator=g2)
+    assert torch.equal(got, expected)
+    assert torch.equal(g1.get_state(), g2.get_state())
+
+
 def test_overlay_touches_exactly_ten_pixels():
     x = torch.rand(8, 784)
     y = torch.arange(8)

@@ -55,9 +55,10 @@ class SupervisedFFConfig(CommonConfig):
                                           # fused: analytic + one shared first-layer image product
     neutral_every: int = 1                # run the neutral-label pass on every k-th step only; other steps
                                           # draw hard negatives from each image's cached probabilities
-    compile: bool = False                 # engine=fused only: torch.compile its update (fuses the elementwise
-                                          # work between products; with bf16 also the optimizer step with the
-                                          # bf16 weight copies; needs a C++ compiler on CPU; BENCHMARKS.md)
+    compile: bool = False                 # engine=fused only: torch.compile its update and neutral pass (fuses
+                                          # the elementwise work between products; with bf16 also the optimizer
+                                          # step with the bf16 weight copies; needs a C++ compiler on CPU;
+                                          # BENCHMARKS.md)
 
 
 @dataclass(frozen=True)

@@ -41,4 +41,11 @@ def hard_wrong_labels(probs: torch.Tensor, y: torch.Tensor, *,
     # the wrong labels without a data-dependent branch (which would force a host-device sync).
     p = torch.nan_to_num(probs.detach().float(), nan=0.0, posinf=0.0, neginf=0.0).clamp_min(0.0) + 1e-12
     p.scatter_(1, y[:, None], 0.0)
-    return torch.multinomial(p, 1, generator=generator).squeeze(1)
+    # torch.multinomial(p, 1) draws argmax(p / q) with q ~ Exp(1) (the Gumbel-max trick), but
+    # first checks p with two host reads (``.item()``): a host-device sync on a GPU, and extra
+    # passes and reductions on a CPU. p is valid by construction, so draw the same way without
+    # them: on CPU the same labels from the same generator state (tests/test_negatives.py). The clamp keeps
+    # the true label (p = 0) from winning 0 / 0 if q ever comes out exactly 0 (torch's own CPU
+    # kernel leaves that risk in).
+    q = torch.empty_like(p).exponential_(generator=generator).clamp_min_(torch.finfo(p.dtype).tiny)
+    return p.div_(q).argmax(1)

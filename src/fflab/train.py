@@ -355,6 +355,7 @@ def supervised_ff_task(cfg: SupervisedFFConfig, device: torch.device) -> Task:
     analytic_dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else None
 
     ff_update = analytic.LabelledInput.ff_backward
+    neutral_forward = analytic.LabelledInput.forward
     # The net's optimizer step where the fused engine has a faster one than opt.step(); it takes
     # the gradients as a list from ff_update.
     compiled_update = product_update = None
@@ -362,6 +363,7 @@ def supervised_ff_task(cfg: SupervisedFFConfig, device: torch.device) -> Task:
         if engine != "fused":
             raise ConfigError(f"compile=true applies to engine=fused only (this run: engine={engine})")
         ff_update = analytic.compiled_ff_backward(device)
+        neutral_forward = analytic.compiled_forward(device)
         if analytic_dtype is not None:
             # bf16: the net's optimizer step compiled too, taking the bf16 gradients as they leave
             # their products and writing the bf16 weight copies the next step's products read
@@ -412,8 +414,8 @@ def supervised_ff_task(cfg: SupervisedFFConfig, device: torch.device) -> Task:
         # probabilities cached when they were last in a neutral step): 4 instead of 5 forward-equivalents.
         stale = cfg.neutral_every > 1 and idx is not None and cache["step"] % cfg.neutral_every != 0
         cache["step"] += 1
-        opt.zero_grad(set_to_none=True)
-        head_opt.zero_grad(set_to_none=True)
+        if net_update is None:   # net_update takes the gradients as a list: no .grad to clear
+            opt.zero_grad(set_to_none=True)
         head_loss = None
         li = (analytic.LabelledInput(net, x, num_classes, dtype=analytic_dtype,
                                      weights=compiled_update.weights() if compiled_update is not None else None)
@@ -422,10 +424,11 @@ def supervised_ff_task(cfg: SupervisedFFConfig, device: torch.device) -> Task:
             probs = cached_probs(idx)[idx]
         else:
             if li is not None:  # one first-layer image product shared by all three passes
-                hs = li.forward(None)
+                hs = neutral_forward(li, None)
             else:
                 with torch.no_grad(), autocast(device, cfg.dtype):
                     hs = net(overlay_label(x, None, num_classes))
+            head_opt.zero_grad(set_to_none=True)   # the head learns on neutral steps only
             logits = head(net.features(hs, layers))
             head_loss = F.cross_entropy(logits, y)
             probs = logits.detach().softmax(1)
