@@ -146,23 +146,33 @@ def test_compiled_update_equals_eager():
         assert torch.allclose(a.peer_mean, b.peer_mean, rtol=1e-5)
 
 
-@pytest.mark.needs_cxx_compiler
-def test_compiled_neutral_pass_equals_eager():
-    """compile=true's neutral pass: every layer's activities as eager (float rounding aside), for
-    the neutral label and for one-hot labels, in one graph (no graph break)."""
-    from fflab.analytic import LabelledInput, compiled_forward
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.needs_cxx_compiler)])
+def test_neutral_head_grads_equal_autograd(compiled):
+    """compile=true's neutral step (train.neutral_head_grads): the head's probabilities and the
+    gradient of its mean cross-entropy, made without autograd, equal autograd's through the plain
+    neutral pass; compiled, in one graph."""
+    from fflab.analytic import LabelledInput, compile_static
+    from fflab.nets import SoftmaxHead
+    from fflab.negatives import overlay_label
+    from fflab.train import neutral_head_grads
     torch.manual_seed(0)
     net = FFNet.dense(40, [16, 12, 8])
-    li = LabelledInput(net, torch.rand(6, 40), num_classes=10)
-    torch._dynamo.reset()
-    forward = compiled_forward(torch.device("cpu"))
-    for labels in (None, torch.tensor([0, 0, 2, 3, 3, 5])):
-        got, ref = forward(li, labels), li.forward(labels)
-        assert len(got) == len(ref) == 3
-        for a, b in zip(got, ref):
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    explained = torch._dynamo.explain(LabelledInput.forward)(li, None)
-    assert explained.graph_break_count == 0
+    head = SoftmaxHead(12 + 8)
+    torch.nn.init.normal_(head.linear.weight)   # not the zero start: every gradient term matters
+    x, y = torch.rand(6, 40), torch.tensor([0, 0, 2, 3, 3, 5])
+    logits = head(net.features(net(overlay_label(x, None, 10)), [1, 2]))
+    torch.nn.functional.cross_entropy(logits, y).backward()
+    fn = neutral_head_grads
+    if compiled:
+        torch._dynamo.reset()
+        fn = compile_static(neutral_head_grads, torch.device("cpu"))
+    probs, gw, gb = fn(LabelledInput(net, x, num_classes=10), head, y, [1, 2])
+    torch.testing.assert_close(probs, logits.detach().softmax(1), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gw, head.linear.weight.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(gb, head.linear.bias.grad, rtol=1e-4, atol=1e-6)
+    if compiled:
+        explained = torch._dynamo.explain(neutral_head_grads)(LabelledInput(net, x, num_classes=10), head, y, [1, 2])
+        assert explained.graph_break_count == 0
 
 
 @pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.needs_cxx_compiler)])

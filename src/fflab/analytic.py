@@ -252,7 +252,7 @@ def has_cxx_compiler() -> bool:
     return any(shutil.which(c) for c in ("g++", "c++", "clang++"))
 
 
-def _compile(fn: Callable, device: torch.device) -> Callable:
+def compile_static(fn: Callable, device: torch.device) -> Callable:
     """``torch.compile(fn)`` with static shapes, after checking that inductor can build it."""
     # Inductor writes C++ for CPU kernels: without a compiler the first training step would fail
     # deep inside torch, so say so now.
@@ -260,15 +260,6 @@ def _compile(fn: Callable, device: torch.device) -> Callable:
         raise ConfigError("compile=true needs a C++ compiler (g++ or clang++) on the PATH for "
                           "torch.compile on CPU; install one or set compile=false")
     return torch.compile(fn, dynamic=False)
-
-
-def compiled_forward(device: torch.device) -> Callable[..., list[torch.Tensor]]:
-    """``LabelledInput.forward`` (the neutral pass of a training step) through ``torch.compile``:
-    the first layer's label and RMS terms and each upper layer's normalization fused around the
-    products. 0.1-0.25 ms less per step on the Zen 3 VM (3 x 16 and 3 x 1000, sgd, compile,
-    ``neutral_every=4``; BENCHMARKS.md, "Ninth session"). Same activities as eager up to float
-    rounding (tests/test_analytic.py)."""
-    return _compile(LabelledInput.forward, device)
 
 
 def compiled_ff_backward(device: torch.device) -> Callable[..., torch.Tensor]:
@@ -281,7 +272,7 @@ def compiled_ff_backward(device: torch.device) -> Callable[..., torch.Tensor]:
     net in the same process (torch falls back to eager, with a warning, after its recompile limit).
     Same gradients as the eager function up to float rounding (tests/test_analytic.py).
     """
-    image_part = _compile(LabelledInput.ff_backward_image, device)
+    image_part = compile_static(LabelledInput.ff_backward_image, device)
 
     def ff_backward(li: LabelledInput, y_pos: torch.Tensor, y_neg: torch.Tensor,
                     grads: list[torch.Tensor] | None = None, defer: bool = False) -> torch.Tensor:

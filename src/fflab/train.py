@@ -355,7 +355,7 @@ def supervised_ff_task(cfg: SupervisedFFConfig, device: torch.device) -> Task:
     analytic_dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else None
 
     ff_update = analytic.LabelledInput.ff_backward
-    neutral_forward = analytic.LabelledInput.forward
+    neutral_head = None   # compile=true: the neutral pass and the head's gradient as one graph
     # The net's optimizer step where the fused engine has a faster one than opt.step(); it takes
     # the gradients as a list from ff_update.
     compiled_update = product_update = None
@@ -363,7 +363,7 @@ def supervised_ff_task(cfg: SupervisedFFConfig, device: torch.device) -> Task:
         if engine != "fused":
             raise ConfigError(f"compile=true applies to engine=fused only (this run: engine={engine})")
         ff_update = analytic.compiled_ff_backward(device)
-        neutral_forward = analytic.compiled_forward(device)
+        neutral_head = analytic.compile_static(neutral_head_grads, device)
         if analytic_dtype is not None:
             # bf16: the net's optimizer step compiled too, taking the bf16 gradients as they leave
             # their products and writing the bf16 weight copies the next step's products read
@@ -420,11 +420,17 @@ def supervised_ff_task(cfg: SupervisedFFConfig, device: torch.device) -> Task:
         li = (analytic.LabelledInput(net, x, num_classes, dtype=analytic_dtype,
                                      weights=compiled_update.weights() if compiled_update is not None else None)
               if engine == "fused" else None)
+        head_graded = False
         if stale:
             probs = cached_probs(idx)[idx]
+        elif neutral_head is not None:   # the fused engine, compiled: no autograd for the head
+            probs, head.linear.weight.grad, head.linear.bias.grad = neutral_head(li, head, y, layers)
+            head_graded = True
+            if cfg.neutral_every > 1 and idx is not None:
+                cached_probs(idx)[idx] = probs.float()
         else:
             if li is not None:  # one first-layer image product shared by all three passes
-                hs = neutral_forward(li, None)
+                hs = li.forward(None)
             else:
                 with torch.no_grad(), autocast(device, cfg.dtype):
                     hs = net(overlay_label(x, None, num_classes))
@@ -454,6 +460,8 @@ def supervised_ff_task(cfg: SupervisedFFConfig, device: torch.device) -> Task:
             opt.step()
         if head_loss is not None:   # the head learns on neutral steps only (no grads, no step otherwise)
             head_loss.backward()
+            head_graded = True
+        if head_graded:
             head_opt.step()
         return loss.detach()
 
@@ -474,6 +482,21 @@ def supervised_ff_task(cfg: SupervisedFFConfig, device: torch.device) -> Task:
 
 
 @torch.no_grad()
+@torch.no_grad()
+def neutral_head_grads(li, head: SoftmaxHead, y: torch.Tensor, layers: list[int]
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The neutral pass of ``li`` (an ``analytic.LabelledInput``) and the one-pass softmax head on
+    its normalized activities (paper section 3.3): returns the head's probabilities (B, C) and the
+    gradient of its mean cross-entropy on labels ``y`` for its weight and bias, made without
+    autograd (dL/dlogits = (softmax - onehot(y)) / B). ``compile=true`` runs it as one graph: the
+    elementwise work around the products fused, and no autograd graph to build and walk; the
+    same numbers as autograd's up to float rounding (tests/test_analytic.py)."""
+    feats = li.net.features(li.forward(None), layers)
+    probs = head(feats).softmax(1)
+    dlogits = (probs - F.one_hot(y, probs.shape[1]).to(probs.dtype)) / y.shape[0]
+    return probs, dlogits.t() @ feats, dlogits.sum(0)
+
+
 def save_goodness_samples(run: runs.Run, net: FFNet, x: torch.Tensor, y: torch.Tensor, num_classes: int) -> None:
     """Per-layer goodness of positive (true label) and uniform-wrong-label negative test images,
     for ``fflab plot`` (goodness.safetensors: pos.{layer}, neg.{layer})."""
