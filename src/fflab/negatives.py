@@ -44,8 +44,8 @@ def hard_wrong_labels(probs: torch.Tensor, y: torch.Tensor, *,
     # torch.multinomial(p, 1) draws argmax(p / q) with q ~ Exp(1) (the Gumbel-max trick), but
     # first checks p with two host reads (``.item()``): a host-device sync on a GPU, and extra
     # passes and reductions on a CPU. p is valid by construction, so draw the same way without
-    # them: on CPU the same labels from the same generator state (tests/test_negatives.py). The clamp keeps
-    # the true label (p = 0) from winning 0 / 0 if q ever comes out exactly 0 (torch's own CPU
-    # kernel leaves that risk in).
+    # them: on CPU the same labels from the same generator state (tests/test_negatives.py).
+    # The clamp keeps the true label (p = 0) from winning 0 / 0 if q ever comes out exactly 0
+    # (torch's own CPU kernel leaves that risk in).
     q = torch.empty_like(p).exponential_(generator=generator).clamp_min_(torch.finfo(p.dtype).tiny)
     return p.div_(q).argmax(1)

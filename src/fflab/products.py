@@ -14,7 +14,8 @@ cache-hot operands alone but slower inside a sequence imitating the training ste
 
 Elsewhere (CUDA, builds without oneDNN, ``torch.backends.mkldnn.enabled = False``, other dtypes,
 bf16 on a CPU whose oneDNN has no bf16 kernel, products under ``MIN_ONEDNN_MACS`` multiply-adds,
-inputs that need gradients) it is ``torch.addmm``. Same numbers up to float rounding (tests/test_products.py).
+inputs that need gradients) it is ``torch.addmm``. Same numbers up to float rounding
+(tests/test_products.py).
 """
 from __future__ import annotations
 
