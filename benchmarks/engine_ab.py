@@ -24,6 +24,17 @@ Two pseudo-overrides are not config keys:
   the forward products through ``torch.addmm`` instead of oneDNN's linear:
 
     python benchmarks/engine_ab.py optimizer=sgd,compile=true,linear=addmm optimizer=sgd,compile=true
+
+- ``head=autograd`` builds a ``compile=true`` variant whose neutral pass runs eager and whose
+  softmax head learns through autograd, instead of ``train.neutral_head_grads`` compiled:
+
+    python benchmarks/engine_ab.py optimizer=sgd,compile=true,head=autograd optimizer=sgd,compile=true
+
+Besides each variant's own statistics it prints, for every variant after the first, the paired
+difference from the first: the median and quartiles over rounds of (this variant's turn minus
+the first variant's turn in the same round). On a VM whose speed drifts, that is steadier than
+the difference of the two medians. ``--hidden 16x3`` times a net whose step is almost all
+per-step overhead.
 """
 from __future__ import annotations
 
@@ -34,7 +45,7 @@ import time
 
 import torch
 
-from fflab import products, update
+from fflab import analytic, products, train, update
 from fflab.bench import training_loop
 from fflab.config import SupervisedFFConfig, _expand_times, apply_overrides
 
@@ -66,22 +77,27 @@ def main() -> None:
 
     onednn = products.USE_ONEDNN
 
+    def compile_all_but_the_head(fn, device):   # head=autograd: no compiled neutral_head_grads
+        return None if fn is train.neutral_head_grads else compile_static(fn, device)
+
+    compile_static = analytic.compile_static
+    pseudo = ("update=plain", "linear=addmm", "head=autograd")
     runs = []   # each variant's task running --steps steps on synthetic MNIST-shaped data (as fflab bench)
     for variant in args.variants:
         overrides = variant.split(",")
-        plain = "update=plain" in overrides
-        addmm = "linear=addmm" in overrides
-        cfg = apply_overrides(apply_overrides(SupervisedFFConfig(), base),
-                              [o for o in overrides if o not in ("update=plain", "linear=addmm")])
+        cfg = apply_overrides(apply_overrides(SupervisedFFConfig(), base), [o for o in overrides if o not in pseudo])
         real = update.CompiledUpdate, update.ProductSGD
-        if plain:   # the task builder then finds no update of its own and calls opt.step()
+        if "update=plain" in overrides:   # the task builder then finds no update of its own and calls opt.step()
             update.CompiledUpdate = update.ProductSGD = lambda *a, **k: None
+        if "head=autograd" in overrides:
+            analytic.compile_static = compile_all_but_the_head
         try:
             runs.append(training_loop(cfg, args.steps)[1])
-            if addmm:
+            if "linear=addmm" in overrides:
                 runs[-1] = without_onednn(runs[-1])
         finally:
             update.CompiledUpdate, update.ProductSGD = real
+            analytic.compile_static = compile_static
 
     def turn(run) -> float:
         start = time.perf_counter()
@@ -95,9 +111,13 @@ def main() -> None:
         for t, run in zip(times, runs):
             t.append(turn(run))
     for variant, t in zip(args.variants, times):
-        t.sort()
+        t = sorted(t)
         print(f"{variant:40s} ms/step median {statistics.median(t):6.2f}  q1 {t[len(t) // 4]:6.2f}  min {t[0]:6.2f}"
               f"  -> {statistics.median(t) * 500 / 1e3:5.2f} s per 50k-image epoch")
+    for variant, t in zip(args.variants[1:], times[1:]):   # paired with the first variant, round by round
+        d = sorted(b - a for a, b in zip(times[0], t))
+        print(f"{variant:40s} minus {args.variants[0]}: paired median {statistics.median(d):+6.2f} ms/step, "
+              f"quartiles {d[len(d) // 4]:+6.2f} / {d[(3 * len(d)) // 4]:+6.2f}")
 
 
 if __name__ == "__main__":
