@@ -12,7 +12,7 @@ import math
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,9 @@ from .config import BPConfig, CommonConfig, SupervisedFFConfig
 from .errors import CheckpointError, ConfigError, SlowDtypeWarning, TrainingDiverged
 from .negatives import hard_wrong_labels, overlay_label, uniform_wrong_labels
 from .nets import CNN, FFNet, SoftmaxHead, mlp
+
+if TYPE_CHECKING:
+    from .analytic import LabelledInput
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -483,12 +486,12 @@ def supervised_ff_task(cfg: SupervisedFFConfig, device: torch.device) -> Task:
 
 @torch.no_grad()
 @torch.no_grad()
-def neutral_head_grads(li, head: SoftmaxHead, y: torch.Tensor, layers: list[int]
+def neutral_head_grads(li: LabelledInput, head: SoftmaxHead, y: torch.Tensor, layers: list[int]
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The neutral pass of ``li`` (an ``analytic.LabelledInput``) and the one-pass softmax head on
-    its normalized activities (paper section 3.3): returns the head's probabilities (B, C) and the
-    gradient of its mean cross-entropy on labels ``y`` for its weight and bias, made without
-    autograd (dL/dlogits = (softmax - onehot(y)) / B). ``compile=true`` runs it as one graph: the
+    """The neutral pass of ``li`` and the one-pass softmax head on its normalized activities
+    (paper section 3.3): returns the head's probabilities (B, C) and the gradient of its mean
+    cross-entropy on labels ``y`` for its weight and bias, made without autograd
+    (dL/dlogits = (softmax - onehot(y)) / B). ``compile=true`` runs it as one graph: the
     elementwise work around the products fused, and no autograd graph to build and walk; the
     same numbers as autograd's up to float rounding (tests/test_analytic.py)."""
     feats = li.net.features(li.forward(None), layers)
