@@ -485,7 +485,6 @@ def supervised_ff_task(cfg: SupervisedFFConfig, device: torch.device) -> Task:
 
 
 @torch.no_grad()
-@torch.no_grad()
 def neutral_head_grads(li: LabelledInput, head: SoftmaxHead, y: torch.Tensor, layers: list[int]
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The neutral pass of ``li`` and the one-pass softmax head on its normalized activities
@@ -500,6 +499,7 @@ def neutral_head_grads(li: LabelledInput, head: SoftmaxHead, y: torch.Tensor, la
     return probs, dlogits.t() @ feats, dlogits.sum(0)
 
 
+@torch.no_grad()
 def save_goodness_samples(run: runs.Run, net: FFNet, x: torch.Tensor, y: torch.Tensor, num_classes: int) -> None:
     """Per-layer goodness of positive (true label) and uniform-wrong-label negative test images,
     for ``fflab plot`` (goodness.safetensors: pos.{layer}, neg.{layer})."""
