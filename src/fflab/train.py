@@ -419,28 +419,24 @@ def supervised_ff_task(cfg: SupervisedFFConfig, device: torch.device) -> Task:
         cache["step"] += 1
         if net_update is None:   # net_update takes the gradients as a list: no .grad to clear
             opt.zero_grad(set_to_none=True)
-        head_loss = None
         li = (analytic.LabelledInput(net, x, num_classes, dtype=analytic_dtype,
                                      weights=compiled_update.weights() if compiled_update is not None else None)
               if engine == "fused" else None)
-        head_graded = False
         if stale:
             probs = cached_probs(idx)[idx]
-        elif neutral_head is not None:   # the fused engine, compiled: no autograd for the head
-            probs, head.linear.weight.grad, head.linear.bias.grad = neutral_head(li, head, y, layers)
-            head_graded = True
-            if cfg.neutral_every > 1 and idx is not None:
-                cached_probs(idx)[idx] = probs.float()
-        else:
-            if li is not None:  # one first-layer image product shared by all three passes
-                hs = li.forward(None)
+        else:   # the head learns on neutral steps only: its gradients are set here, its step below
+            if neutral_head is not None:   # the fused engine, compiled: no autograd for the head
+                probs, head.linear.weight.grad, head.linear.bias.grad = neutral_head(li, head, y, layers)
             else:
-                with torch.no_grad(), autocast(device, cfg.dtype):
-                    hs = net(overlay_label(x, None, num_classes))
-            head_opt.zero_grad(set_to_none=True)   # the head learns on neutral steps only
-            logits = head(net.features(hs, layers))
-            head_loss = F.cross_entropy(logits, y)
-            probs = logits.detach().softmax(1)
+                if li is not None:  # one first-layer image product shared by all three passes
+                    hs = li.forward(None)
+                else:
+                    with torch.no_grad(), autocast(device, cfg.dtype):
+                        hs = net(overlay_label(x, None, num_classes))
+                head_opt.zero_grad(set_to_none=True)
+                logits = head(net.features(hs, layers))
+                F.cross_entropy(logits, y).backward()   # the head's own graph: the FF net is detached
+                probs = logits.detach().softmax(1)
             if cfg.neutral_every > 1 and idx is not None:
                 cached_probs(idx)[idx] = probs.float()
         y_neg = sample_negatives(probs, y, g)
@@ -461,10 +457,7 @@ def supervised_ff_task(cfg: SupervisedFFConfig, device: torch.device) -> Task:
             net_update.step(grads)
         else:
             opt.step()
-        if head_loss is not None:   # the head learns on neutral steps only (no grads, no step otherwise)
-            head_loss.backward()
-            head_graded = True
-        if head_graded:
+        if not stale:
             head_opt.step()
         return loss.detach()
 
