@@ -77,10 +77,11 @@ def main() -> None:
 
     onednn = products.USE_ONEDNN
 
+    compile_static = analytic.compile_static
+
     def compile_all_but_the_head(fn, device):   # head=autograd: no compiled neutral_head_grads
         return None if fn is train.neutral_head_grads else compile_static(fn, device)
 
-    compile_static = analytic.compile_static
     pseudo = ("update=plain", "linear=addmm", "head=autograd")
     runs = []   # each variant's task running --steps steps on synthetic MNIST-shaped data (as fflab bench)
     for variant in args.variants:

@@ -246,7 +246,7 @@ def test_compile_without_a_cxx_compiler_is_a_clear_error(monkeypatch):
 
 @pytest.mark.parametrize("native", [False, True])
 def test_bf16_on_a_cpu_without_native_bf16_warns(native, monkeypatch, recwarn):
-    """An AVX2-only CPU runs bf16 products ~50 x slower than fp32: building such a run says so
+    """An AVX2-only CPU runs bf16 products 10-80 x slower than fp32: building such a run says so
     (and only then: fp32, or a CPU with native bf16, builds quietly)."""
     from fflab import products
     from fflab.errors import SlowDtypeWarning
