@@ -30,9 +30,17 @@ Two pseudo-overrides are not config keys:
 
     python benchmarks/engine_ab.py optimizer=sgd,compile=true,head=autograd optimizer=sgd,compile=true
 
+One variant is not fflab at all: ``reference`` times ``benchmarks/reference_ff.py``, a model of
+the reimplementation on which issue 3 anchors its "3 x faster per epoch" target, built for
+``--hidden`` (its optimizer and dtype are its own, fp32 SGD). Put it first to read fflab's
+speed-up over it on this machine from the paired ratios:
+
+    python benchmarks/engine_ab.py reference optimizer=sgd,compile=true optimizer=adam
+
 Besides each variant's own statistics it prints, for every variant after the first, the paired
 difference from the first: the median and quartiles over rounds of (this variant's turn minus
-the first variant's turn in the same round). On a VM whose speed drifts, that is steadier than
+the first variant's turn in the same round), and the paired ratio (the first variant's turn
+divided by this one's: how many times faster this variant is). On a VM whose speed drifts, that is steadier than
 the difference of the two medians. ``--hidden 16x3`` times a net whose step is almost all
 per-step overhead.
 """
@@ -48,6 +56,8 @@ import torch
 from fflab import analytic, products, train, update
 from fflab.bench import training_loop
 from fflab.config import SupervisedFFConfig, _expand_times, apply_overrides
+
+import reference_ff   # benchmarks/, beside this script
 
 
 def main() -> None:
@@ -85,6 +95,9 @@ def main() -> None:
     pseudo = ("update=plain", "linear=addmm", "head=autograd")
     runs = []   # each variant's task running --steps steps on synthetic MNIST-shaped data (as fflab bench)
     for variant in args.variants:
+        if variant == "reference":
+            runs.append(reference_ff.training_loop(args.steps, base["hidden"])[1])
+            continue
         overrides = variant.split(",")
         cfg = apply_overrides(apply_overrides(SupervisedFFConfig(), base), [o for o in overrides if o not in pseudo])
         real = update.CompiledUpdate, update.ProductSGD
@@ -117,8 +130,10 @@ def main() -> None:
               f"  -> {statistics.median(t) * 500 / 1e3:5.2f} s per 50k-image epoch")
     for variant, t in zip(args.variants[1:], times[1:]):   # paired with the first variant, round by round
         d = sorted(b - a for a, b in zip(times[0], t))
+        r = sorted(a / b for a, b in zip(times[0], t))
         print(f"{variant:40s} minus {args.variants[0]}: paired median {statistics.median(d):+6.2f} ms/step, "
-              f"quartiles {d[len(d) // 4]:+6.2f} / {d[(3 * len(d)) // 4]:+6.2f}")
+              f"quartiles {d[len(d) // 4]:+6.2f} / {d[(3 * len(d)) // 4]:+6.2f}; "
+              f"{statistics.median(r):.2f} x as fast (quartiles {r[len(r) // 4]:.2f} / {r[(3 * len(r)) // 4]:.2f})")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,299 @@
+"""A timing model of the reference reimplementation's training step (issue 3's "3 x faster" target).
+
+Issue 3 anchors its per-epoch target on a widely used PyTorch reimplementation of FF
+(loeweX/Forward-Forward: 3 x 1000 ReLU, batch 100, peer normalization, softmax head on the
+neutral pass, SGD with momentum), timed at about 21 s per 50,000-image epoch on the Zen 4 VM.
+That number belongs to one machine. To judge "3 x faster" on whatever machine this runs on, this
+module rebuilds the same per-step computation in plain eager PyTorch, written here from that
+code's description (nothing copied), and ``benchmarks/engine_ab.py reference ...`` times it in
+turns with fflab's step on the same machine.
+
+Per step, as that code does it:
+
+- positive and negative images (label one-hot in the first 10 pixels) as one (200, 784) batch,
+  divided by their root-mean-square (its "layer norm", eps 1e-8 outside the root);
+- per layer: linear, ReLU whose backward passes the gradient through everywhere, the peer-
+  normalization loss on the positive half (running mean, momentum 0.9, weight 0.03), the FF loss
+  ``BCEWithLogits(sum(h ** 2) - width, is_positive)`` and its accuracy read with ``.item()``;
+  then the activity is detached and normalized for the next layer;
+- the neutral image (label pixels 0.1) through the layers without gradient, the normalized
+  activities of layers 2..3 (2000 features) into a bias-free linear softmax head, cross-entropy
+  on max-subtracted logits, and its accuracy;
+- one ``backward()`` of the summed losses (weight gradients only: every layer's input is
+  detached), ``torch.optim.SGD`` (lr 1e-3, momentum 0.9, weight decay 3e-4; that code's second
+  parameter group, meant for the head, receives the loss module's parameters, which are none, so
+  every weight is in the first group), and every logged scalar read with ``.item()``.
+
+``training_loop`` (what ``engine_ab.py`` times) leaves out the data pipeline, which can only
+make this model faster than the code it stands for: that code builds each image's three
+variants in Python in a ``Dataset`` read by a ``DataLoader`` with four worker processes. So a
+speed-up measured against ``training_loop`` is a lower bound on the speed-up against that code
+on the same machine. Run as a script, this module trains the model on real MNIST (the first
+50,000 training images, as that code does; its learning rate held for the first half of the
+epochs, then cooled linearly) and prints seconds per epoch and the test error, with the batches
+either sliced from tensors or, with ``--loader``, drawn through such a ``Dataset`` and
+``DataLoader`` (per-image Python work as that code's, minus its PIL decoding):
+
+    python benchmarks/reference_ff.py --epochs 10 [--loader]
+
+With ``--against-raw ROUNDS`` it instead times its step in turns with the raw fp32 products of
+the same shapes (``fflab.bench.matmul_throughput``) and prints the fraction of the raw rate it
+reaches, and the speed-up over it that an engine running fflab's products (``fflab bench``'s
+count for the fused engine with ``neutral_every=4``) at 100% of the raw rate would have: the
+ceiling of any fflab-vs-reference ratio measured without the data pipeline.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NUM_CLASSES = 10
+
+
+class _ReLUFullGrad(torch.autograd.Function):
+    """ReLU forward, identity backward (the reimplementation's activation)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad.clone()
+
+
+def _rms_normalize(z: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    return z / (z.pow(2).mean(dim=-1, keepdim=True).sqrt() + eps)
+
+
+class ReferenceFF(nn.Module):
+    """The reimplementation's model: FF layers, peer normalization and the softmax head."""
+
+    def __init__(self, hidden: tuple[int, ...] = (1000, 1000, 1000), *, peer_norm: float = 0.03,
+                 peer_momentum: float = 0.9) -> None:
+        super().__init__()
+        widths = (784, *hidden)
+        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(widths[:-1], widths[1:]))
+        for layer in self.layers:
+            nn.init.normal_(layer.weight, std=layer.weight.shape[0] ** -0.5)
+            nn.init.zeros_(layer.bias)
+        self.head = nn.Linear(sum(hidden[1:]), NUM_CLASSES, bias=False)
+        nn.init.zeros_(self.head.weight)
+        self.peer_norm, self.peer_momentum = peer_norm, peer_momentum
+        self.running_means = [torch.full((h,), 0.5) for h in hidden]
+
+    def losses(self, pos: torch.Tensor, neg: torch.Tensor, neutral: torch.Tensor,
+               y: torch.Tensor) -> dict[str, torch.Tensor | float]:
+        """The step's losses and logged scalars; pos, neg, neutral (B, 784), y (B,)."""
+        b = pos.shape[0]
+        out: dict[str, torch.Tensor | float] = {}
+        is_pos = torch.zeros(2 * b)
+        is_pos[:b] = 1
+        total = torch.zeros(1)
+        z = _rms_normalize(torch.cat([pos, neg]))                       # (2B, 784)
+        for i, layer in enumerate(self.layers):
+            z = _ReLUFullGrad.apply(layer(z))
+            mean = z[:b].mean(0)
+            self.running_means[i] = self.running_means[i].detach() * self.peer_momentum \
+                + mean * (1 - self.peer_momentum)
+            peer = (self.running_means[i].mean() - self.running_means[i]).pow(2).mean()
+            logits = z.pow(2).sum(-1) - z.shape[1]
+            ff = F.binary_cross_entropy_with_logits(logits, is_pos)
+            with torch.no_grad():
+                out[f"ff_accuracy_{i}"] = ((torch.sigmoid(logits) > 0.5) == is_pos).sum().div(2 * b).item()
+            out[f"ff_loss_{i}"] = ff
+            total = total + self.peer_norm * peer + ff
+            z = _rms_normalize(z.detach())
+        feats = []
+        with torch.no_grad():
+            z = _rms_normalize(neutral)
+            for i, layer in enumerate(self.layers):
+                z = _rms_normalize(_ReLUFullGrad.apply(layer(z)))
+                if i >= 1:
+                    feats.append(z)
+        logits = self.head(torch.cat(feats, dim=-1))
+        logits = logits - logits.max(dim=-1, keepdim=True)[0]
+        ce = F.cross_entropy(logits, y)
+        out["classification_loss"] = ce
+        out["classification_accuracy"] = (logits.argmax(1) == y).sum() / b
+        out["loss"] = total + ce
+        return out
+
+
+def _with_label(x: torch.Tensor, label_pixels: torch.Tensor) -> torch.Tensor:
+    x = x.clone()
+    x[:, :NUM_CLASSES] = label_pixels
+    return x
+
+
+def training_loop(steps: int, hidden: tuple[int, ...] = (1000, 1000, 1000), batch: int = 100,
+                  seed: int = 0) -> tuple[ReferenceFF, Callable[[], None]]:
+    """The model and a function running ``steps`` of its training steps on synthetic MNIST-shaped
+    batches, made beforehand (the reference builds them in DataLoader workers)."""
+    g = torch.Generator().manual_seed(seed)
+    model = ReferenceFF(hidden)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=3e-4)
+    n = steps * batch
+    x = torch.rand(n, 784, generator=g)
+    y = torch.randint(NUM_CLASSES, (n,), generator=g)
+    wrong = (y + torch.randint(1, NUM_CLASSES, (n,), generator=g)) % NUM_CLASSES
+    eye = torch.eye(NUM_CLASSES)
+    pos, neg = _with_label(x, eye[y]), _with_label(x, eye[wrong])
+    neutral = _with_label(x, torch.full((NUM_CLASSES,), 1 / NUM_CLASSES))
+
+    def run() -> None:
+        for i in range(steps):
+            sl = slice(i * batch, (i + 1) * batch)
+            opt.zero_grad()
+            out = model.losses(pos[sl], neg[sl], neutral[sl], y[sl])
+            out["loss"].backward()
+            opt.step()
+            for v in out.values():   # the reference logs every scalar each step
+                if isinstance(v, torch.Tensor):
+                    v.item()
+
+    return model, run
+
+
+class _PerImageVariants(torch.utils.data.Dataset):
+    """The reimplementation's data path: each image's positive, negative and neutral versions
+    made one image at a time in Python (one-hot tensors, clones, ``np.random.choice``)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.images, self.labels = images, labels     # uint8 (N, 28, 28), int64 (N,)
+        self.uniform = torch.full((NUM_CLASSES,), 1 / NUM_CLASSES)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        image = (self.images[i].float() / 255).unsqueeze(0)   # (1, 28, 28), as ToTensor gives
+        label = int(self.labels[i])
+        pos = image.clone()
+        pos[0, 0, :NUM_CLASSES] = F.one_hot(torch.tensor(label), NUM_CLASSES)
+        others = [c for c in range(NUM_CLASSES) if c != label]
+        neg = image.clone()
+        neg[0, 0, :NUM_CLASSES] = F.one_hot(torch.tensor(np.random.choice(others)), NUM_CLASSES)
+        image[0, 0, :NUM_CLASSES] = self.uniform
+        return {"pos": pos, "neg": neg, "neutral": image}, label
+
+
+def _cooled_lr(lr: float, epoch: int, epochs: int) -> float:
+    return lr * 2 * (1 + epochs - epoch) / epochs if epoch > epochs // 2 else lr
+
+
+def _flops_per_step(batch: int = 100, neutral_every: int = 4) -> tuple[float, float]:
+    """Products per step of 3 x 1000 at ``batch``: the reference's (forward on positive and
+    negative, their weight gradients, the neutral pass on every step) and fflab's fused engine's
+    (the first layer's image product shared by positive and negative, the neutral pass on 1 step
+    in ``neutral_every``; as ``fflab.bench.run_benchmark`` counts them)."""
+    sizes = (784, 1000, 1000, 1000)
+    macs = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+    first = sizes[0] * sizes[1]
+    reference = 2 * batch * (2 + 2 + 1) * macs
+    fflab = 2 * batch * (2 * first + (4 + 1 / neutral_every) * (macs - first))
+    return reference, fflab
+
+
+def against_raw(rounds: int, steps: int = 20) -> None:
+    """The reference step's fraction of the raw fp32 rate, and fflab's ceiling over it."""
+    from fflab.bench import matmul_throughput
+    _, run = training_loop(steps)
+    run()   # warm-up
+    ref_flops, ff_flops = _flops_per_step()
+    step_s, raw = [], []
+    for _ in range(rounds):   # in turns, so that the VM's drift falls on both
+        start = time.perf_counter()
+        run()
+        step_s.append((time.perf_counter() - start) / steps)
+        raw.append(matmul_throughput([784, 1000, 1000, 1000], 100, torch.float32, reps=3)["median"] * 1e9)
+    frac = sorted(ref_flops / (t * r) for t, r in zip(step_s, raw))
+    ceiling = sorted(t * r / ff_flops for t, r in zip(step_s, raw))
+    q = lambda v: f"quartiles {v[len(v) // 4]:.2f} / {v[(3 * len(v)) // 4]:.2f}"
+    print(f"reference step {1e3 * statistics.median(step_s):.2f} ms (median of {rounds} turns of {steps} steps); "
+          f"raw fp32 {statistics.median(raw) / 1e9:.1f} GFLOP/s ({min(raw) / 1e9:.0f}-{max(raw) / 1e9:.0f})")
+    print(f"reference: {ref_flops / 1e9:.3f} GFLOP per step at {statistics.median(frac):.2f} of the raw rate "
+          f"(paired per turn; {q(frac)})")
+    print(f"fflab's products, {ff_flops / 1e9:.3f} GFLOP per step, at 100% of the raw rate: "
+          f"{statistics.median(ceiling):.2f} x the reference's speed ({q(ceiling)})")
+
+
+def main() -> None:
+    from fflab.data.mnist import load_mnist
+    ap = argparse.ArgumentParser(description="Train the reference model on MNIST: s per epoch, test error.")
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--loader", action="store_true", help="batches through a DataLoader with 4 workers")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--against-raw", type=int, metavar="ROUNDS", default=0,
+                    help="time the step against the raw products instead of training")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.against_raw:
+        return against_raw(args.against_raw)
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    d = load_mnist()
+    x, y = d["x_train"][:50000], d["y_train"][:50000]
+    model = ReferenceFF()
+    lr = 1e-3
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=3e-4)
+    b = 100
+    if args.loader:
+        images = (x * 255).round().to(torch.uint8).view(-1, 28, 28)
+        loader = torch.utils.data.DataLoader(_PerImageVariants(images, y), batch_size=b, shuffle=True,
+                                             drop_last=True, num_workers=4, persistent_workers=True,
+                                             generator=torch.Generator().manual_seed(args.seed))
+    eye = torch.eye(NUM_CLASSES)
+    g = torch.Generator().manual_seed(args.seed)
+    times = []
+    print(f"torch {torch.__version__}, {args.threads} threads, reference model 3 x 1000, batch {b}, "
+          f"{'DataLoader (4 workers)' if args.loader else 'batches sliced from tensors'}")
+    for epoch in range(args.epochs):
+        opt.param_groups[0]["lr"] = _cooled_lr(lr, epoch, args.epochs)
+        start, total = time.perf_counter(), 0.0
+        if args.loader:
+            batches = ((v["pos"].flatten(1), v["neg"].flatten(1), v["neutral"].flatten(1), t) for v, t in loader)
+        else:
+            perm = torch.randperm(len(y), generator=g)
+
+            def sliced(perm=perm):
+                for i in range(0, len(y) - b + 1, b):
+                    xb, yb = x[perm[i:i + b]], y[perm[i:i + b]]
+                    wrong = (yb + torch.randint(1, NUM_CLASSES, (b,), generator=g)) % NUM_CLASSES
+                    yield (_with_label(xb, eye[yb]), _with_label(xb, eye[wrong]),
+                           _with_label(xb, torch.full((NUM_CLASSES,), 1 / NUM_CLASSES)), yb)
+            batches = sliced()
+        for pos, neg, neutral, yb in batches:
+            opt.zero_grad()
+            out = model.losses(pos, neg, neutral, yb)
+            out["loss"].backward()
+            opt.step()
+            total += out["loss"].item()
+            for v in out.values():
+                if isinstance(v, torch.Tensor):
+                    v.item()
+        times.append(time.perf_counter() - start)
+        print(f"epoch {epoch + 1}: {times[-1]:.2f} s, mean loss {total / (len(y) // b):.4f}", flush=True)
+    model.eval()
+    with torch.no_grad():
+        xt = _with_label(d["x_test"], torch.full((NUM_CLASSES,), 1 / NUM_CLASSES))
+        z, feats = _rms_normalize(xt), []
+        for i, layer in enumerate(model.layers):
+            z = _rms_normalize(layer(z).clamp(min=0))
+            if i >= 1:
+                feats.append(z)
+        err = (model.head(torch.cat(feats, -1)).argmax(1) != d["y_test"]).float().mean().item()
+    print(f"median {statistics.median(times):.2f} s per 50k-image epoch (min {min(times):.2f}); "
+          f"test error after {args.epochs} epochs: {100 * err:.2f}%")
+
+
+if __name__ == "__main__":
+    main()

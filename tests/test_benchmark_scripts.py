@@ -1,0 +1,58 @@
+"""The scripts in benchmarks/ keep running (they are not timed here: nothing slow in tests)."""
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import reference_ff  # noqa: E402
+
+
+def test_engine_ab_times_the_reference_model_against_fflab():
+    out = subprocess.run([sys.executable, str(BENCHMARKS / "engine_ab.py"), "--hidden", "16x3", "--rounds", "2",
+                          "--steps", "2", "--threads", "1", "reference", "optimizer=adam"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert any(line.startswith("reference") and "ms/step" in line for line in lines)
+    assert any(line.startswith("optimizer=adam") and "minus reference" in line and "x as fast" in line
+               for line in lines)
+
+
+def test_reference_data_path_labels_each_image_as_the_reimplementation_does():
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (5, 28, 28), dtype=torch.uint8)
+    labels = torch.tensor([3, 0, 9, 3, 7])
+    ds = reference_ff._PerImageVariants(images, labels)
+    for i in range(len(ds)):
+        v, label = ds[i]
+        assert label == labels[i]
+        pos, neg, neutral = (v[k][0, 0, :10] for k in ("pos", "neg", "neutral"))
+        assert pos.argmax() == label and pos.sum() == 1
+        assert neg.argmax() != label and neg.sum() == 1                 # a wrong label, one-hot
+        assert torch.allclose(neutral, torch.full((10,), 0.1))
+        rest = images[i].float().div(255)[None]                          # pixels past the label row
+        for x in (v["pos"], v["neg"], v["neutral"]):
+            assert torch.equal(x[0, 1:], rest[0, 1:]) and torch.equal(x[0, 0, 10:], rest[0, 0, 10:])
+
+
+def test_reference_model_learns_layer_by_layer():
+    # every layer's input is detached: layer 1's weights get no gradient from layer 2's loss,
+    # so its gradient with layer 2 frozen at any value is the same
+    torch.manual_seed(0)
+    model = reference_ff.ReferenceFF((8, 8, 8))
+    x = torch.rand(4, 784)
+    y = torch.tensor([0, 1, 2, 3])
+    out = model.losses(x, x.flip(0), x, y)
+    out["loss"].backward()
+    g0 = model.layers[0].weight.grad.clone()
+    model.zero_grad()
+    with torch.no_grad():
+        model.layers[2].weight.mul_(3)
+    model.running_means = [torch.full((8,), 0.5) for _ in range(3)]
+    model.losses(x, x.flip(0), x, y)["loss"].backward()
+    assert torch.equal(model.layers[0].weight.grad, g0)
+    assert model.layers[2].weight.grad.abs().sum() > 0 and model.head.weight.grad.abs().sum() > 0
