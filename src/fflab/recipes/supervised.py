@@ -12,11 +12,16 @@ def demo(quick: bool):
 
     784-1000-1000-1000, batch 100, Adam lr 1e-3 decayed linearly to ~0 over the second half,
     hard negatives, 20 epochs. The full-length version of the same net is ff-official-3x1000.
+    The fused engine: the analytic engine's updates up to float rounding, with the first layer's
+    image product shared by the positive, negative and neutral passes; 1.10 x as fast per step
+    on 2 Zen 3 cores (interleaved, BENCHMARKS.md; until the tenth session the demo ran the
+    analytic engine). No ``compile``: a newcomer's machine may have no C++ compiler.
     Command: ``fflab train demo`` (``make demo`` sets up the environment first).
     Runtime and result on a 2-core CPU: see RESULTS.md.
     """
     cfg = SupervisedFFConfig(hidden=(1000, 1000, 1000), epochs=20, batch_size=100, optimizer="adam",
-                             lr=1e-3, head_lr=1e-3, negatives="hard", eval_every=5, train_eval_size=2000)
+                             lr=1e-3, head_lr=1e-3, negatives="hard", eval_every=5, train_eval_size=2000,
+                             engine="fused")
     return quick_mode(cfg, hidden=(64, 64)) if quick else cfg
 
 
