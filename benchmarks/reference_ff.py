@@ -111,20 +111,40 @@ class ReferenceFF(nn.Module):
             out[f"ff_loss_{i}"] = ff
             total = total + self.peer_norm * peer + ff
             z = _rms_normalize(z.detach())
-        feats = []
-        with torch.no_grad():
-            z = _rms_normalize(neutral)
-            for i, layer in enumerate(self.layers):
-                z = _rms_normalize(_ReLUFullGrad.apply(layer(z)))
-                if i >= 1:
-                    feats.append(z)
-        logits = self.head(torch.cat(feats, dim=-1))
+        logits = self.head(self.neutral_features(neutral))
         logits = logits - logits.max(dim=-1, keepdim=True)[0]
         ce = F.cross_entropy(logits, y)
         out["classification_loss"] = ce
         out["classification_accuracy"] = (logits.argmax(1) == y).sum() / b
         out["loss"] = total + ce
         return out
+
+    @torch.no_grad()
+    def neutral_features(self, neutral: torch.Tensor) -> torch.Tensor:
+        """The head's input: the normalized activities of layers 2.. for the neutral images."""
+        feats = []
+        z = _rms_normalize(neutral)
+        for i, layer in enumerate(self.layers):
+            z = _rms_normalize(_ReLUFullGrad.apply(layer(z)))
+            if i >= 1:
+                feats.append(z)
+        return torch.cat(feats, dim=-1)
+
+
+def _sgd(model: ReferenceFF, lr: float = 1e-3) -> torch.optim.SGD:
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=3e-4)
+
+
+def _train_step(model: ReferenceFF, opt: torch.optim.Optimizer, pos: torch.Tensor, neg: torch.Tensor,
+                neutral: torch.Tensor, y: torch.Tensor) -> float:
+    """One training step; reads every logged scalar with ``.item()``, as the reference does, and
+    returns the loss."""
+    opt.zero_grad()
+    out = model.losses(pos, neg, neutral, y)
+    out["loss"].backward()
+    opt.step()
+    logged = {k: v.item() if isinstance(v, torch.Tensor) else v for k, v in out.items()}
+    return logged["loss"]
 
 
 def _with_label(x: torch.Tensor, label_pixels: torch.Tensor) -> torch.Tensor:
@@ -133,31 +153,34 @@ def _with_label(x: torch.Tensor, label_pixels: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def _neutral(x: torch.Tensor) -> torch.Tensor:
+    return _with_label(x, torch.full((NUM_CLASSES,), 1 / NUM_CLASSES))
+
+
+def _labelled(x: torch.Tensor, y: torch.Tensor, g: torch.Generator
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Positive (true label), negative (a uniformly drawn wrong label) and neutral versions of x."""
+    wrong = (y + torch.randint(1, NUM_CLASSES, y.shape, generator=g)) % NUM_CLASSES
+    eye = torch.eye(NUM_CLASSES)
+    return _with_label(x, eye[y]), _with_label(x, eye[wrong]), _neutral(x)
+
+
 def training_loop(steps: int, hidden: tuple[int, ...] = (1000, 1000, 1000), batch: int = 100,
                   seed: int = 0) -> tuple[ReferenceFF, Callable[[], None]]:
     """The model and a function running ``steps`` of its training steps on synthetic MNIST-shaped
     batches, made beforehand (the reference builds them in DataLoader workers)."""
     g = torch.Generator().manual_seed(seed)
     model = ReferenceFF(hidden)
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=3e-4)
+    opt = _sgd(model)
     n = steps * batch
     x = torch.rand(n, 784, generator=g)
     y = torch.randint(NUM_CLASSES, (n,), generator=g)
-    wrong = (y + torch.randint(1, NUM_CLASSES, (n,), generator=g)) % NUM_CLASSES
-    eye = torch.eye(NUM_CLASSES)
-    pos, neg = _with_label(x, eye[y]), _with_label(x, eye[wrong])
-    neutral = _with_label(x, torch.full((NUM_CLASSES,), 1 / NUM_CLASSES))
+    pos, neg, neutral = _labelled(x, y, g)
 
     def run() -> None:
         for i in range(steps):
             sl = slice(i * batch, (i + 1) * batch)
-            opt.zero_grad()
-            out = model.losses(pos[sl], neg[sl], neutral[sl], y[sl])
-            out["loss"].backward()
-            opt.step()
-            for v in out.values():   # the reference logs every scalar each step
-                if isinstance(v, torch.Tensor):
-                    v.item()
+            _train_step(model, opt, pos[sl], neg[sl], neutral[sl], y[sl])
 
     return model, run
 
@@ -194,12 +217,10 @@ def _flops_per_step(batch: int = 100, neutral_every: int = 4) -> tuple[float, fl
     negative, their weight gradients, the neutral pass on every step) and fflab's fused engine's
     (the first layer's image product shared by positive and negative, the neutral pass on 1 step
     in ``neutral_every``; as ``fflab.bench.run_benchmark`` counts them)."""
-    sizes = (784, 1000, 1000, 1000)
-    macs = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
-    first = sizes[0] * sizes[1]
-    reference = 2 * batch * (2 + 2 + 1) * macs
-    fflab = 2 * batch * (2 * first + (4 + 1 / neutral_every) * (macs - first))
-    return reference, fflab
+    from fflab.bench import ff_flops_per_image, forward_macs
+    sizes = [784, 1000, 1000, 1000]
+    reference = 2 * batch * (2 + 2 + 1) * forward_macs(sizes)
+    return reference, batch * ff_flops_per_image(sizes, engine="fused", neutral_every=neutral_every)
 
 
 def against_raw(rounds: int, steps: int = 20) -> None:
@@ -244,14 +265,13 @@ def main() -> None:
     x, y = d["x_train"][:50000], d["y_train"][:50000]
     model = ReferenceFF()
     lr = 1e-3
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=3e-4)
+    opt = _sgd(model, lr)
     b = 100
     if args.loader:
         images = (x * 255).round().to(torch.uint8).view(-1, 28, 28)
         loader = torch.utils.data.DataLoader(_PerImageVariants(images, y), batch_size=b, shuffle=True,
                                              drop_last=True, num_workers=4, persistent_workers=True,
                                              generator=torch.Generator().manual_seed(args.seed))
-    eye = torch.eye(NUM_CLASSES)
     g = torch.Generator().manual_seed(args.seed)
     times = []
     print(f"torch {torch.__version__}, {args.threads} threads, reference model 3 x 1000, batch {b}, "
@@ -267,30 +287,16 @@ def main() -> None:
             def sliced(perm=perm):
                 for i in range(0, len(y) - b + 1, b):
                     xb, yb = x[perm[i:i + b]], y[perm[i:i + b]]
-                    wrong = (yb + torch.randint(1, NUM_CLASSES, (b,), generator=g)) % NUM_CLASSES
-                    yield (_with_label(xb, eye[yb]), _with_label(xb, eye[wrong]),
-                           _with_label(xb, torch.full((NUM_CLASSES,), 1 / NUM_CLASSES)), yb)
+                    yield (*_labelled(xb, yb, g), yb)
             batches = sliced()
         for pos, neg, neutral, yb in batches:
-            opt.zero_grad()
-            out = model.losses(pos, neg, neutral, yb)
-            out["loss"].backward()
-            opt.step()
-            total += out["loss"].item()
-            for v in out.values():
-                if isinstance(v, torch.Tensor):
-                    v.item()
+            total += _train_step(model, opt, pos, neg, neutral, yb)
         times.append(time.perf_counter() - start)
         print(f"epoch {epoch + 1}: {times[-1]:.2f} s, mean loss {total / (len(y) // b):.4f}", flush=True)
     model.eval()
     with torch.no_grad():
-        xt = _with_label(d["x_test"], torch.full((NUM_CLASSES,), 1 / NUM_CLASSES))
-        z, feats = _rms_normalize(xt), []
-        for i, layer in enumerate(model.layers):
-            z = _rms_normalize(layer(z).clamp(min=0))
-            if i >= 1:
-                feats.append(z)
-        err = (model.head(torch.cat(feats, -1)).argmax(1) != d["y_test"]).float().mean().item()
+        logits = model.head(model.neutral_features(_neutral(d["x_test"])))
+        err = (logits.argmax(1) != d["y_test"]).float().mean().item()
     print(f"median {statistics.median(times):.2f} s per 50k-image epoch (min {min(times):.2f}); "
           f"test error after {args.epochs} epochs: {100 * err:.2f}%")
 

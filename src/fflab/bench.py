@@ -44,6 +44,16 @@ def forward_macs(sizes: list[int]) -> int:
     return sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
 
 
+def ff_flops_per_image(sizes: list[int], *, engine: str, neutral_every: int) -> float:
+    """The products supervised FF needs per training image: the neutral pass (on 1 step in
+    ``neutral_every``), the positive and negative passes, and one weight gradient for each of the
+    two (no input gradient: nothing crosses a layer). The fused engine makes the first layer's
+    image product once forward and once for its update."""
+    macs, first = forward_macs(sizes), sizes[0] * sizes[1]
+    per_layer = 4 + 1 / neutral_every
+    return 2 * (per_layer * macs if engine != "fused" else 2 * first + per_layer * (macs - first))
+
+
 def matmul_throughput(sizes: list[int], batch: int, dtype: torch.dtype, *, reps: int, iters: int = 5) -> dict[str, float]:
     """GFLOP/s of the raw products FF needs for this net at this batch: forward x @ W^T on the
     positive+negative batch (``products.linear``, as the engine calls it) and the weight gradient
@@ -177,21 +187,16 @@ def run_benchmark(hidden: tuple[int, ...] = (1000, 1000, 1000), *, batch_size: i
         "float32": matmul_throughput(sizes, batch_size, torch.float32, reps=reps),
         "bfloat16": matmul_throughput(sizes, batch_size, torch.bfloat16, reps=reps)}
     ff = train_throughput(ff_cfg, steps=steps, reps=reps)
-    # needed products per image: neutral (on 1 step in neutral_every) + positive + negative forward,
-    # 2 weight gradients; the fused engine needs the first layer's image product once forward and
-    # once for its update
-    first = sizes[0] * sizes[1]
-    per_layer = 4 + 1 / neutral_every
-    ff_flops_per_image = 2 * (per_layer * macs if engine != "fused" else 2 * first + per_layer * (macs - first))
+    flops_per_image = ff_flops_per_image(sizes, engine=engine, neutral_every=neutral_every)
     res["ff_train"] = {"images_per_s": ff, "ms_per_epoch": epoch_images / ff["median"] * 1e3,
-                       "gflops": ff["median"] * ff_flops_per_image / 1e9,
-                       "flops_per_image": ff_flops_per_image}
+                       "gflops": ff["median"] * flops_per_image / 1e9,
+                       "flops_per_image": flops_per_image}
     raw = res["matmul_gflops"][dtype]["median"]
     res["ff_fraction_of_matmul"] = res["ff_train"]["gflops"] / raw
     # Where a step's time goes: the needed products at the raw rate (a floor), the optimizer
     # updates (measured in place), and the rest (elementwise work, sampling, dispatch).
     step_ms = batch_size / ff["median"] * 1e3
-    products_ms = batch_size * ff_flops_per_image / (raw * 1e9) * 1e3
+    products_ms = batch_size * flops_per_image / (raw * 1e9) * 1e3
     update_ms = update_cost_ms(ff_cfg, steps=steps, reps=reps)
     res["ff_step_ms"] = {"total": step_ms, "products_at_raw_rate": products_ms, "optimizer_update": update_ms,
                          "rest": step_ms - products_ms - update_ms}
