@@ -35,3 +35,16 @@ def test_update_cost_restores_the_optimizers(extra):
     from fflab.config import SupervisedFFConfig
     cfg = SupervisedFFConfig(hidden=(8, 8), batch_size=4, device="cpu", optimizer="sgd", **extra)
     assert isinstance(update_cost_ms(cfg, steps=2, reps=2), float)   # and its own check passed
+
+
+def test_training_loop_sizes_the_per_image_cache_as_fit_does():
+    """With neutral_every > 1 the timed steps must be fit's steps: the hard-negative cache sized
+    once from the data, not grown from each batch's indices (a host read of idx.max() per step,
+    a sync on a GPU)."""
+    from fflab.bench import training_loop
+    from fflab.config import SupervisedFFConfig
+    cfg = SupervisedFFConfig(hidden=(8, 8), batch_size=4, device="cpu", engine="fused", neutral_every=4)
+    task, run = training_loop(cfg, steps=3)
+    assert task.get_state()["neg_probs"].shape == (12, 10)
+    run()
+    assert task.get_state()["neg_probs"].shape == (12, 10)

@@ -89,6 +89,10 @@ def training_loop(cfg: Any, steps: int) -> tuple[Any, Callable[[], None]]:
     task.train(True)
     b = cfg.batch_size
     x, y = _synthetic(steps * b, device)
+    if task.setup is not None:
+        # as fit does: sizes the per-image caches (neutral_every > 1) to the data once, instead
+        # of from each batch's indices, a host read of idx.max() on every step
+        task.setup({"x_train": x, "y_train": y})
     idx = torch.arange(steps * b, device=device)   # training-set indices (per-image caches)
     g = torch.Generator(device=device).manual_seed(0)
 

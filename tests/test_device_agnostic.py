@@ -1,0 +1,149 @@
+"""The training steps run unchanged on a device that is not the CPU, with no host read per step
+(issue 3, item 4: "the engine runs unchanged on CUDA ... the code must not need one").
+
+No GPU is needed: every step runs on PyTorch's ``meta`` device, whose tensors have shapes,
+dtypes and a device but no data. On it, the two mistakes that break a CUDA run, or slow it with
+a host-device sync on every step, fail at once instead of passing silently on a CPU:
+
+- a tensor made without ``device=`` (it lands on the CPU, and the next op that mixes it with the
+  batch raises "... is not on the expected device meta");
+- a host read of a tensor's value (``.item()``, ``int(t)``, ``bool(t)``, ``.tolist()``, a
+  boolean mask): "Tensor.item() cannot be called on meta tensors".
+
+On a CPU, in contrast, both are legal and cost nothing that a test would see. The meta device
+also takes the paths a GPU takes where the code branches on the device: the forward products
+through ``torch.addmm`` instead of oneDNN (``fflab.products``), torch's own optimizer steps.
+
+What this cannot see: numbers (meta has none), and code that only runs where the device is
+``cuda`` by name. Three things cannot run on meta at all and are left out: ``torch.compile``
+(inductor generates no meta kernels), ``torch.autocast`` (no meta autocast: the bf16 paths that
+use it, i.e. all but the fused engine's explicit casts, run here in fp32), and generators (meta
+random ops take none: the steps get ``generator=None``, so jitter, which needs one, is off).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from fflab.config import SupervisedFFConfig
+from fflab.recipes import all_recipes
+from fflab.train import build_task, ff_predict
+
+META = torch.device("meta")
+BATCH = 8
+
+
+def _mnist_like(n: int) -> dict[str, torch.Tensor]:
+    x = torch.rand(n, 784, device=META)
+    y = torch.randint(0, 10, (n,), device=META)
+    return {"x_train": x, "y_train": y, "x_test": x[:4], "y_test": y[:4]}
+
+
+def _aesop_like(n: int) -> dict[str, torch.Tensor]:
+    x = torch.randint(0, 30, (n, 100), device=META)
+    y = torch.zeros(n, dtype=torch.long, device=META)
+    return {"x_train": x, "y_train": y, "x_test": x[:4], "y_test": y[:4]}
+
+
+def _meta_ready(cfg):
+    """``cfg`` with what meta cannot run switched off (module docstring): bf16 autocast (the
+    fused engine's bf16 is explicit casts and stays), jitter, compile."""
+    off = {"jitter": 0, "compile": False}
+    if getattr(cfg, "dtype", "float32") == "bfloat16" and getattr(cfg, "engine", None) != "fused":
+        off["dtype"] = "float32"
+    return dataclasses.replace(cfg, **{k: v for k, v in off.items() if hasattr(cfg, k)})
+
+
+def _steps_on_meta(cfg, data: dict[str, torch.Tensor], steps: int = 3):
+    task = build_task(cfg, META)
+    if "clock" in task.modules:
+        # The sequence task reads its update counter from the host once per process, on its
+        # first step (sequences.py: the epoch of an update follows from it); a CPU counter
+        # keeps that one read possible here. Every later step must not read it again.
+        task.modules["clock"].updates = torch.zeros((), dtype=torch.long)
+    if task.setup is not None:
+        task.setup(data)
+    task.train(True)
+    x, y = data["x_train"][:BATCH], data["y_train"][:BATCH]
+    idx = torch.arange(BATCH, device=META)
+    for _ in range(steps):
+        loss = task.step(x, y, None, idx)
+    return task, loss
+
+
+def _assert_all_on_meta(task) -> None:
+    for name, module in task.modules.items():
+        for pname, t in [*module.named_parameters(), *module.named_buffers()]:
+            if name == "clock":
+                continue
+            assert t.device == META, f"{name}.{pname} left the device: {t.device}"
+            if isinstance(t, torch.nn.Parameter) and t.grad is not None:
+                assert t.grad.device == META, f"{name}.{pname}.grad is on {t.grad.device}"
+    for name, opt in task.optimizers.items():
+        for state in opt.state.values():
+            for key, v in state.items():
+                # torch keeps Adam's step count on the CPU unless the step is fused or capturable
+                if torch.is_tensor(v) and key != "step":
+                    assert v.device == META, f"optimizer {name} state {key!r} is on {v.device}"
+
+
+def test_meta_catches_what_it_is_here_for():
+    """The two mistakes of the module docstring fail on meta (and pass on a CPU)."""
+    x = torch.ones(4, device=META)
+    with pytest.raises(RuntimeError, match="meta"):
+        x + torch.ones(4)                       # a tensor made without device=
+    with pytest.raises(RuntimeError):
+        x.sum().item()                          # a host read
+    with pytest.raises(RuntimeError):
+        bool(x.sum() > 0)
+
+
+SUPERVISED = [
+    dict(engine="fused", optimizer="adam"),
+    dict(engine="fused", optimizer="sgd"),               # fp32 SGD: update.ProductSGD
+    dict(engine="fused", optimizer="adam", dtype="bfloat16"),
+    dict(engine="fused", optimizer="sgd", dtype="bfloat16"),
+    dict(engine="fused", optimizer="adam", neutral_every=4),
+    dict(engine="fused", optimizer="adam", peer_norm=0.03, negatives="uniform"),
+    dict(engine="analytic", optimizer="adam"),
+    dict(engine="analytic", optimizer="sgd", neutral_every=4, peer_norm=0.03),
+    dict(engine="autograd", optimizer="adam"),
+    dict(engine="autograd", optimizer="sgd", goodness="min_ssq"),
+]
+
+
+@pytest.mark.parametrize("over", SUPERVISED, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
+def test_supervised_step_is_device_clean(over):
+    cfg = SupervisedFFConfig(hidden=(32, 32, 32), batch_size=BATCH, device="cpu", **over)
+    task, loss = _steps_on_meta(cfg, _mnist_like(64))
+    assert loss.device == META and loss.shape == ()
+    _assert_all_on_meta(task)
+
+
+@pytest.mark.parametrize("per_label_fused", [True, False])
+def test_supervised_predictions_are_device_clean(per_label_fused):
+    """Per-label goodness (shared first-layer image product, or one pass per label) and the
+    one-pass head: predictions stay on the device until the caller reads the error rate."""
+    cfg = SupervisedFFConfig(hidden=(32, 32), batch_size=BATCH, device="cpu")
+    task = build_task(cfg, META)
+    task.train(False)
+    preds = ff_predict(task.modules["net"], task.modules["head"], _mnist_like(16)["x_train"],
+                       layers=list(range(cfg.eval_from_layer, 2)),
+                       per_label=True, chunk=8, fused=per_label_fused)
+    assert set(preds) == {"goodness", "onepass"}
+    assert all(p.device == META and p.shape == (16,) for p in preds.values())
+
+
+RECIPES = sorted(all_recipes())
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_every_recipes_step_is_device_clean(name):
+    """Each recipe's own (quick) configuration, with what meta cannot run switched off."""
+    cfg = _meta_ready(all_recipes()[name].make(True))
+    data = _aesop_like(BATCH) if getattr(cfg, "dataset", "mnist") == "aesop" else _mnist_like(64)
+    task, loss = _steps_on_meta(cfg, data)
+    assert loss.device == META
+    _assert_all_on_meta(task)
