@@ -147,3 +147,26 @@ def test_every_recipes_step_is_device_clean(name):
     task, loss = _steps_on_meta(cfg, data)
     assert loss.device == META
     _assert_all_on_meta(task)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_compiled_update_makes_its_scalars_on_the_device(name):
+    """``update.CompiledUpdate`` (compile=true with bf16) outside its compiled loop, which meta
+    cannot run (recorded instead): the learning rate and Adam's bias corrections, made from the
+    step counts where they live, with no host read, on the parameters' device."""
+    from fflab.update import CompiledUpdate
+    params = [torch.nn.Parameter(torch.zeros(6, 5, device=META)), torch.nn.Parameter(torch.zeros(6, device=META))]
+    opt = (torch.optim.Adam(params, lr=1e-3) if name == "adam"
+           else torch.optim.SGD(params, lr=1e-2, momentum=0.9, dampening=0.9))
+    for p in params:   # as after torch's first step, which CompiledUpdate leaves to torch
+        opt.state[p] = ({"step": torch.tensor(1.0, device=META), "exp_avg": torch.zeros_like(p),
+                         "exp_avg_sq": torch.zeros_like(p)} if name == "adam"
+                        else {"momentum_buffer": torch.zeros_like(p)})
+    update = CompiledUpdate(opt, copied=params[:1], dtype=torch.bfloat16)
+    calls = []
+    update._compiled = lambda *args, **kwargs: calls.append(args)
+    update.step([torch.zeros(6, 5, dtype=torch.bfloat16, device=META), torch.zeros(6, device=META)])
+    (args,) = calls
+    scalars = args[-2:] if name == "adam" else args[-1:]
+    assert all(s.device == META and s.dtype == torch.float32 for s in scalars)
+    assert all(c.device == META for c in update.weights())

@@ -18,7 +18,6 @@ tensor is left to torch, so its state starts exactly as torch starts it.
 """
 from __future__ import annotations
 
-import math
 from typing import NamedTuple, Optional, Union
 
 import torch
@@ -132,10 +131,13 @@ class CompiledUpdate:
             # torch's Adam: step counts are tensors, bias corrections are host floats
             steps = per_key.pop()
             torch._foreach_add_(steps, 1)
-            counts = torch.stack(steps).tolist()    # one host read (a sync on a GPU), not one per tensor
+            # Computed where the step counts are, in float64 as torch computes them on the host,
+            # then rounded to float32: the same values as host floats (checked for the first
+            # 200,000 steps), without reading the counts back (a sync on every GPU step).
+            k = torch.stack(steps).double()
             b1, b2 = self._hyper["beta1"], self._hyper["beta2"]
-            scalars = (torch.tensor([lr / (1 - b1 ** k) for k in counts], device=device),
-                       torch.tensor([math.sqrt(1 - b2 ** k) for k in counts], device=device))
+            scalars = ((lr / (1 - b1 ** k)).to(device, torch.float32),
+                       (1 - b2 ** k).sqrt().to(device, torch.float32))
         else:
             scalars = (torch.tensor(lr, dtype=torch.float32, device=device),)
         self._compiled(self.params, grads, *per_key, self._copies, *scalars, **self._hyper)
