@@ -56,3 +56,29 @@ def test_reference_model_learns_layer_by_layer():
     model.losses(x, x.flip(0), x, y)["loss"].backward()
     assert torch.equal(model.layers[0].weight.grad, g0)
     assert model.layers[2].weight.grad.abs().sum() > 0 and model.head.weight.grad.abs().sum() > 0
+
+
+def test_gpu_check_passes_the_engines_and_catches_a_wrong_gradient(monkeypatch):
+    """benchmarks/gpu_check.py, on the CPU: the fused engine agrees with autograd within its
+    fp32 tolerance, and a dL/dz off by 1% is over it."""
+    import gpu_check
+    from fflab import analytic
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.rand(16, 784, generator=gen) > 0.8).float()
+    y = torch.randint(0, 10, (16,), generator=gen)
+
+    def rel_error() -> float:
+        want = gpu_check.params_after({"engine": "autograd"}, torch.device("cpu"), x, y, 2)
+        got = gpu_check.params_after({"engine": "fused"}, torch.device("cpu"), x, y, 2)
+        return max(((got[k] - want[k]).abs().max() / want[k].abs().max()).item() for k in want)
+
+    tolerance = next(t for over, t in gpu_check.VARIANTS if over == {"engine": "fused"})
+    assert rel_error() <= tolerance
+    real = analytic.local_dz
+
+    def off_by_one_percent(layer, h, b_pos):
+        dz, loss = real(layer, h, b_pos)
+        return dz * 1.01, loss
+
+    monkeypatch.setattr(analytic, "local_dz", off_by_one_percent)
+    assert rel_error() > tolerance
