@@ -48,3 +48,33 @@ def test_training_loop_sizes_the_per_image_cache_as_fit_does():
     assert task.get_state()["neg_probs"].shape == (12, 10)
     run()
     assert task.get_state()["neg_probs"].shape == (12, 10)
+
+
+def test_timings_wait_for_the_device(monkeypatch):
+    """On CUDA a call returns once its kernels are queued: each timed call is fenced by a
+    synchronize on both sides (here recorded, no GPU needed); on the CPU nothing is waited for."""
+    import torch
+    from fflab import bench
+    events = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: events.append("sync"))
+    bench._timeit(lambda: events.append("call"), reps=2, device=torch.device("cuda"))
+    assert events == ["call", "sync", "call", "sync", "sync", "call", "sync"]   # warm-up unfenced
+    events.clear()
+    bench._timeit(lambda: events.append("call"), reps=2, device=torch.device("cpu"))
+    assert events == ["call"] * 3
+
+
+def test_raw_products_are_made_on_the_benchmarked_device(monkeypatch):
+    import torch
+    from fflab import bench
+    seen = []
+    real = products.linear
+
+    def recording(x, w, b, **kw):
+        seen.append((x.device, w.device))
+        return real(x, w, b, **kw)
+
+    monkeypatch.setattr(products, "linear", recording)
+    res = bench.matmul_throughput([784, 8, 8], 4, torch.float32, reps=1, iters=1, device="meta")
+    assert res["median"] > 0
+    assert seen and all(d == (torch.device("meta"),) * 2 for d in seen)

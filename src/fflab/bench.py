@@ -22,13 +22,25 @@ from . import products
 from .train import build_task, ff_predict, resolve_device
 
 
-def _timeit(fn: Callable[[], Any], *, reps: int, warmup: int = 1) -> list[float]:
+def _sync(device: torch.device | None) -> None:
+    """Wait for the device's queued work: a CUDA call returns when its kernels are queued, not
+    done, so a timer read without this measures the launches."""
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timeit(fn: Callable[[], Any], *, reps: int, warmup: int = 1,
+            device: torch.device | None = None) -> list[float]:
+    """Seconds per call of ``fn``, ``reps`` times after ``warmup`` calls, each call's work
+    finished on ``device`` before the timer is read."""
     for _ in range(warmup):
         fn()
     out = []
     for _ in range(reps):
+        _sync(device)
         t = time.perf_counter()
         fn()
+        _sync(device)
         out.append(time.perf_counter() - t)
     return out
 
@@ -54,15 +66,17 @@ def ff_flops_per_image(sizes: list[int], *, engine: str, neutral_every: int) -> 
     return 2 * (per_layer * macs if engine != "fused" else 2 * first + per_layer * (macs - first))
 
 
-def matmul_throughput(sizes: list[int], batch: int, dtype: torch.dtype, *, reps: int, iters: int = 5) -> dict[str, float]:
-    """GFLOP/s of the raw products FF needs for this net at this batch: forward x @ W^T on the
-    positive+negative batch (``products.linear``, as the engine calls it) and the weight gradient
-    dz^T @ x, for every layer."""
+def matmul_throughput(sizes: list[int], batch: int, dtype: torch.dtype, *, reps: int, iters: int = 5,
+                      device: torch.device | str = "cpu") -> dict[str, float]:
+    """GFLOP/s of the raw products FF needs for this net at this batch on ``device``: forward
+    x @ W^T on the positive+negative batch (``products.linear``, as the engine calls it) and the
+    weight gradient dz^T @ x, for every layer."""
+    device = torch.device(device)
     mats = []
     for a, b in zip(sizes[:-1], sizes[1:]):
-        x = torch.randn(2 * batch, a, dtype=dtype)
-        w = torch.randn(b, a, dtype=dtype)
-        dz = torch.randn(2 * batch, b, dtype=dtype)
+        x = torch.randn(2 * batch, a, dtype=dtype, device=device)
+        w = torch.randn(b, a, dtype=dtype, device=device)
+        dz = torch.randn(2 * batch, b, dtype=dtype, device=device)
         mats.append((x, w, dz))
     flops = iters * sum(2 * 2 * (2 * batch) * w.shape[0] * w.shape[1] for _, w, _ in mats)
 
@@ -72,7 +86,7 @@ def matmul_throughput(sizes: list[int], batch: int, dtype: torch.dtype, *, reps:
                 products.linear(x, w, None)
                 torch.mm(dz.t(), x)
 
-    return _summary(_timeit(run, reps=reps), flops / 1e9)
+    return _summary(_timeit(run, reps=reps, device=device), flops / 1e9)
 
 
 def _synthetic(n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,8 +114,7 @@ def training_loop(cfg: Any, steps: int) -> tuple[Any, Callable[[], None]]:
         for i in range(steps):
             sl = slice(i * b, (i + 1) * b)
             task.step(x[sl], y[sl], g, idx[sl])
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        _sync(device)   # the steps done, not just queued, when a caller reads its timer
 
     return task, run
 
@@ -163,7 +176,7 @@ def eval_throughput(cfg: SupervisedFFConfig, *, n: int, reps: int) -> dict[str, 
     out = {}
     for name, per_label, h in (("per_label", True, None), ("one_pass", False, head)):
         out[name] = _summary(_timeit(lambda: ff_predict(net, h, x, layers=layers, per_label=per_label,
-                                                        dtype=cfg.dtype), reps=reps), n)
+                                                        dtype=cfg.dtype), reps=reps, device=device), n)
     return out
 
 
@@ -188,8 +201,8 @@ def run_benchmark(hidden: tuple[int, ...] = (1000, 1000, 1000), *, batch_size: i
                                                 if products.USE_ONEDNN and resolve_device(device).type == "cpu"
                                                 else "torch.addmm")}
     res["matmul_gflops"] = {
-        "float32": matmul_throughput(sizes, batch_size, torch.float32, reps=reps),
-        "bfloat16": matmul_throughput(sizes, batch_size, torch.bfloat16, reps=reps)}
+        dt: matmul_throughput(sizes, batch_size, torch_dtype, reps=reps, device=resolve_device(device))
+        for dt, torch_dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16))}
     ff = train_throughput(ff_cfg, steps=steps, reps=reps)
     flops_per_image = ff_flops_per_image(sizes, engine=engine, neutral_every=neutral_every)
     res["ff_train"] = {"images_per_s": ff, "ms_per_epoch": epoch_images / ff["median"] * 1e3,
