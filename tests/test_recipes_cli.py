@@ -52,3 +52,20 @@ def test_cli_resume_continues(tmp_path, tiny_mnist):
     fit_(cfg, str(tmp_path / "r"), recipe="demo", progress=False, log=lambda s: None, stop_after_epoch=1)
     assert main(["train", "--resume", str(tmp_path / "r"), "--no-progress"]) == 0
     assert json.loads((tmp_path / "r" / "results.json").read_text())["epochs"] == 2
+
+
+def test_eval_of_a_gpu_run_on_a_machine_without_one(tmp_path, tiny_mnist, capsys):
+    """A run folder trained with device=cuda, evaluated where there is no GPU: a clear error
+    naming the way out, and --device cpu evaluates it (the weights load onto any device)."""
+    import torch
+    out = tmp_path / "run"
+    assert main(["train", "demo", "--quick", "--out", str(out), "--no-progress", "threads=1"]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**cfg, "device": "cuda"}))
+    capsys.readouterr()
+    if not torch.cuda.is_available():
+        assert main(["eval", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert "CUDA is not available" in err and "--device cpu" in err
+    assert main(["eval", str(out), "--device", "cpu", "--json"]) == 0
+    assert "error_goodness" in capsys.readouterr().out

@@ -103,9 +103,11 @@ def frozen_readout(f_train: torch.Tensor, y_train: torch.Tensor, f_test: torch.T
 
 
 def readout_run(run_dir: str, *, layers: Sequence[int] | None = None, weight_decays: Sequence[float],
-                val_size: int = 5000, max_iter: int = 300, data_dir: str | None = None) -> ReadoutResult:
+                val_size: int = 5000, max_iter: int = 300, data_dir: str | None = None,
+                device: str | None = None) -> ReadoutResult:
     """Frozen readout for a finished unsupervised FF run folder; writes ``readout.json`` there
-    (a list: one entry per layer set, replaced when the same set is fitted again)."""
+    (a list: one entry per layer set, replaced when the same set is fitted again). ``device``:
+    where to run (None: the run's own device)."""
     from .train import load_data, load_run
     from .unsupervised import UnsupervisedFFConfig, _check_layers
 
@@ -113,7 +115,7 @@ def readout_run(run_dir: str, *, layers: Sequence[int] | None = None, weight_dec
     if not isinstance(cfg, UnsupervisedFFConfig):
         raise ConfigError(f"{run_dir} is a {type(cfg).__name__} run; the frozen readout is for "
                           "unsupervised FF runs (UnsupervisedFFConfig)")
-    cfg, task, device = load_run(run_dir)
+    cfg, task, device = load_run(run_dir, device)
     net: FFNet = task.modules["net"]
     layers = _check_layers("layers", tuple(cfg.readout_layers if layers is None else layers), len(net.layers))
     data = load_data(cfg, device, data_dir)

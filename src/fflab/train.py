@@ -281,19 +281,28 @@ def format_metrics(m: dict[str, Any]) -> str:
     return " | ".join(parts)
 
 
-def load_run(run_dir: str) -> tuple[Any, Task, torch.device]:
+def load_run(run_dir: str, device: str | None = None) -> tuple[Any, Task, torch.device]:
     """A run folder's config and its task with the checkpointed weights (safetensors: no code
-    executed on load), on the config's device."""
+    executed on load), on ``device`` (None: the config's; a run trained with ``device=cuda``
+    can be evaluated with ``device="cpu"`` on a machine without a GPU)."""
     cfg, _ = runs.read_config(run_dir)
-    device = resolve_device(cfg.device)
+    try:
+        device = resolve_device(cfg.device if device is None else device)
+    except ConfigError as e:
+        if device is not None:
+            raise
+        raise ConfigError(f"{run_dir} was trained with device={cfg.device!r}: {e}; to evaluate it "
+                          f"here, pass --device cpu") from None
     task = build_task(cfg, device)
     runs.load_model(runs.Path(run_dir) / runs.MODEL_FILE, task.modules)
     return cfg, task, device
 
 
-def evaluate_run(run_dir: str, *, data_dir: str | None = None, split: str = "test") -> dict[str, float]:
-    """Rebuild a run's model from its folder (no code executed on load) and evaluate it."""
-    cfg, task, device = load_run(run_dir)
+def evaluate_run(run_dir: str, *, data_dir: str | None = None, split: str = "test",
+                 device: str | None = None) -> dict[str, float]:
+    """Rebuild a run's model from its folder (no code executed on load) and evaluate it
+    (on ``device``, None: the run's own)."""
+    cfg, task, device = load_run(run_dir, device)
     task.train(False)
     data = load_data(cfg, device, data_dir)
     return task.evaluate(data[f"x_{split}"], data[f"y_{split}"])

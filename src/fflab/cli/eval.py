@@ -10,13 +10,15 @@ def add_parser(sub) -> None:
     p.add_argument("run_dir")
     p.add_argument("--split", choices=["test", "train"], default="test")
     p.add_argument("--data-dir")
+    p.add_argument("--device", help="evaluate there instead of on the run's own device (e.g. cpu for a "
+                                     "run trained with device=cuda)")
     p.add_argument("--json", action="store_true", help="print JSON only")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..train import evaluate_run
-    res = evaluate_run(args.run_dir, data_dir=args.data_dir, split=args.split)
+    res = evaluate_run(args.run_dir, data_dir=args.data_dir, split=args.split, device=args.device)
     if args.json:
         print(json.dumps(res, indent=2, sort_keys=True))
     else:

@@ -27,6 +27,8 @@ def add_parser(sub) -> None:
     p.add_argument("--val-size", type=int, default=5000, help="training cases held out to choose the penalty")
     p.add_argument("--max-iter", type=int, default=300, help="L-BFGS iterations per fit")
     p.add_argument("--data-dir")
+    p.add_argument("--device", help="run there instead of on the run's own device (e.g. cpu for a run "
+                                     "trained with device=cuda)")
     p.add_argument("--json", action="store_true", help="print JSON only")
     p.set_defaults(func=run)
 
@@ -34,7 +36,8 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..readout import readout_run
     res = readout_run(args.run_dir, layers=args.layers, weight_decays=args.weight_decay,
-                      val_size=args.val_size, max_iter=args.max_iter, data_dir=args.data_dir)
+                      val_size=args.val_size, max_iter=args.max_iter, data_dir=args.data_dir,
+                      device=args.device)
     if args.json:
         print(json.dumps(res.as_dict(), indent=2, sort_keys=True))
         return 0
