@@ -78,3 +78,14 @@ def test_raw_products_are_made_on_the_benchmarked_device(monkeypatch):
     res = bench.matmul_throughput([784, 8, 8], 4, torch.float32, reps=1, iters=1, device="meta")
     assert res["median"] > 0
     assert seen and all(d == (torch.device("meta"),) * 2 for d in seen)
+
+
+@pytest.mark.parametrize("args, says", [(["--hidden", "foo"], "hidden='foo': expected int"),
+                                        (["--hidden", "0x3"], "must be >= 1"),
+                                        (["--batch-size", "0"], "batch_size=0: must be >= 1"),
+                                        (["--steps", "0"], "--steps and --reps >= 1")])
+def test_bench_cli_bad_input_is_one_clear_line(args, says, capsys):
+    from fflab.cli.main import main
+    assert main(["bench", *args]) == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err

@@ -125,6 +125,32 @@ def test_overrides_type_checked():
         apply_overrides(cfg, ["epochs"])
 
 
+@pytest.mark.parametrize("override, says", [
+    ("batch_size=0", "batch_size=0: must be >= 1"), ("batch_size=-5", "batch_size=-5: must be >= 1"),
+    ("epochs=0", "epochs=0: must be >= 1"), ("eval_every=0", "eval_every=0: must be >= 1"),
+    ("hidden=100,0", r"hidden=\(100, 0\): must be >= 1"), ("lr=-1", "lr=-1.0: must be >= 0"),
+    ("train_subset=-1", "train_subset=-1: must be >= 0"), ("threads=-1", "threads=-1: must be >= 0"),
+    ("momentum=1", r"momentum=1.0: must be in \[0, 1\)"), ("threshold=nan", "threshold=nan: must be a finite"),
+    ("lr=inf", "lr=inf: must be a finite")])
+def test_out_of_range_values_are_clear_errors(override, says):
+    """Before the range check these failed deep inside torch or the loop (batch_size=0,
+    eval_every=0, lr=-1, threads=-1, hidden with a 0) or trained on nothing without a word
+    (batch_size=-5, train_subset=-1)."""
+    with pytest.raises(ConfigError, match=says):
+        apply_overrides(SupervisedFFConfig(), [override])
+
+
+def test_range_check_covers_every_config_kind_and_config_json():
+    from fflab.config import from_dict, to_dict
+    from fflab.recipes import all_recipes
+    for r in all_recipes().values():   # every recipe's own config is in range
+        for quick in (False, True):
+            r.config(quick=quick)
+    d = to_dict(all_recipes()["ff-recurrent"].config())
+    with pytest.raises(ConfigError, match="damping=1.5: must be in"):
+        from_dict({**d, "damping": 1.5})    # a hand-edited run folder's config.json
+
+
 def test_nan_loss_is_a_clear_error(tmp_path, tiny_mnist):
     from fflab.errors import TrainingDiverged
     with pytest.raises(TrainingDiverged, match="loss became (nan|inf)"):

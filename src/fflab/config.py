@@ -8,17 +8,51 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from .errors import ConfigError
 
 
+# Ranges by key name, checked whenever a config is made (recipes, overrides, a run folder's
+# config.json), for every config kind that has the key, including those of later modules. Without
+# them a batch size of 0, an lr of -1 or an eval_every of 0 failed deep inside torch or the loop,
+# and a negative batch size or subset trained on nothing without a word. Tuples are checked
+# element by element; every number must be finite.
+_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {}
+for _keys, _ok, _says in (
+        (("epochs", "batch_size", "eval_every", "neutral_every", "iterations", "num_seen", "hidden",
+          "units_per_location", "patch", "stride"), lambda v: v >= 1, ">= 1"),
+        (("train_subset", "test_subset", "train_eval_size", "jitter", "threads", "block_size",
+          "blur_passes", "sleep_k", "sleep_stop_epoch", "num_unseen", "eval_from_layer", "padding",
+          "readout_layers", "eval_window", "lr", "head_lr", "readout_lr", "weight_decay",
+          "head_weight_decay", "readout_weight_decay", "peer_norm", "temperature", "target_goodness"),
+         lambda v: v >= 0, ">= 0"),
+        (("momentum", "dropout"), lambda v: 0 <= v < 1, "in [0, 1)"),
+        (("damping",), lambda v: 0 <= v <= 1, "in [0, 1]")):
+    _RANGES.update(dict.fromkeys(_keys, (_ok, _says)))
+
+
+def check_ranges(cfg: Any) -> None:
+    """Raise ConfigError naming the first key out of its range (``_RANGES``) or not finite."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        for v in value if isinstance(value, tuple) else (value,):
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                continue
+            if not math.isfinite(v):
+                raise ConfigError(f"{f.name}={value!r}: must be a finite number")
+            ok, says = _RANGES.get(f.name, (None, ""))
+            if ok is not None and not ok(v):
+                raise ConfigError(f"{f.name}={value!r}: must be {says}")
+
+
 @dataclass(frozen=True)
 class CommonConfig:
-    """Keys every run shares."""
+    """Keys every run shares (and the range check of every config kind: ``check_ranges``)."""
     dataset: str = "mnist"
     epochs: int = 10
     batch_size: int = 100
@@ -31,6 +65,9 @@ class CommonConfig:
     eval_every: int = 1           # evaluate every N epochs (and always after the last)
     jitter: int = 0               # random shifts of up to N pixels each way (paper section 4)
     threads: int = 0              # torch CPU threads (0 = torch default)
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 @dataclass(frozen=True)

@@ -29,10 +29,15 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..bench import format_table, run_benchmark
-    from ..config import _expand_times
+    from ..config import SupervisedFFConfig, apply_overrides
+    from ..errors import ConfigError
+    if args.threads < 0 or args.steps < 1 or args.reps < 1:
+        raise ConfigError(f"--threads must be >= 0, --steps and --reps >= 1 "
+                          f"(got {args.threads}, {args.steps}, {args.reps})")
     if args.threads:
         torch.set_num_threads(args.threads)
-    hidden = tuple(int(h) for h in _expand_times(args.hidden))
+    # parsed and range-checked as the config key is (e.g. 2000x4; a width of 0 is an error)
+    hidden = apply_overrides(SupervisedFFConfig(), [f"hidden={args.hidden}"]).hidden
     res = run_benchmark(hidden, batch_size=args.batch_size, dtype=args.dtype, negatives=args.negatives,
                         steps=args.steps, reps=args.reps, device=args.device,
                         engine=args.engine, neutral_every=args.neutral_every,
