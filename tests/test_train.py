@@ -140,6 +140,19 @@ def test_out_of_range_values_are_clear_errors(override, says):
         apply_overrides(SupervisedFFConfig(), [override])
 
 
+@pytest.mark.parametrize("override, says", [
+    ("goodness=foo", "SupervisedFFConfig: unknown goodness 'foo'"),
+    ("block_size=7", "block_size=7 must divide"),
+    ("device=tpu", "device='tpu': choose auto, cpu, cuda or cuda:N")])
+def test_bad_values_found_when_the_net_is_built_are_config_errors(override, says):
+    """Checked by the layers (ValueError) or torch (RuntimeError), not by the config: still one
+    ConfigError naming the key, which the command line prints as one line."""
+    from fflab.train import build_task, resolve_device
+    cfg = apply_overrides(SupervisedFFConfig(hidden=(40, 40)), [override])
+    with pytest.raises(ConfigError, match=says):
+        build_task(cfg, resolve_device(cfg.device))
+
+
 def test_range_check_covers_every_config_kind_and_config_json():
     from fflab.config import from_dict, to_dict
     from fflab.recipes import all_recipes

@@ -32,7 +32,10 @@ if TYPE_CHECKING:
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device={name!r}: choose auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device={name!r} but CUDA is not available (use device=cpu or auto)")
     return dev
@@ -171,7 +174,13 @@ def build_task(cfg: Any, device: torch.device) -> Task:
         raise ConfigError(f"no trainer for config kind {type(cfg).__name__}") from None
     warn_if_slow_dtype(getattr(cfg, "dtype", "float32"), device)
     torch.manual_seed(cfg.seed)  # model initialization
-    return builder(cfg, device)
+    try:
+        return builder(cfg, device)
+    except ValueError as e:
+        # The layers and torch's optimizers check their arguments with ValueError (an unknown
+        # goodness, a block size that does not divide a layer): here those arguments are config
+        # keys, so it is the config's error, one line at the command line.
+        raise ConfigError(f"{type(cfg).__name__}: {e}") from e
 
 
 def warn_if_slow_dtype(dtype: str, device: torch.device) -> None:
