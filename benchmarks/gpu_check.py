@@ -36,7 +36,7 @@ from fflab.train import build_task, resolve_device
 VARIANTS = [   # (overrides on top of SGD, tolerance relative to each tensor's largest weight)
     (dict(engine="analytic"), 1e-5),
     (dict(engine="fused"), 1e-5),                            # fp32 SGD: update.ProductSGD
-    (dict(engine="fused", neutral_every=2), 1e-5),           # cached hard-negative probabilities
+    (dict(engine="fused", neutral_every=2), 1e-5),           # the neutral pass and head step on 1 step in 2
     (dict(engine="fused", peer_norm=0.03), 1e-5),
     (dict(engine="fused", compile=True), 1e-5),
     (dict(engine="analytic", dtype="bfloat16"), 3e-2),
