@@ -13,13 +13,15 @@
 #
 # In order of what matters most, each step under its own time limit so that one hang does not
 # take the others' time:
-#   1. benchmarks/gpu_check.py: the engines' updates against autograd's on the device;
+#   1. tests/test_device_agnostic.py, whose tests also run on the GPU where there is one (every
+#      recipe's step, for real), and benchmarks/gpu_check.py: the engines' updates against
+#      autograd's on the device;
 #   2. `fflab train demo` on real MNIST on the device (1.73% on 2 CPU cores, RESULTS.md);
 #   3. `fflab bench` rows for BENCHMARKS.md's GPU row: 3 x 1000 and 4 x 2000, fp32 and bf16,
 #      the fused engine with the neutral pass on every 4th step, eager; then 3 x 1000 fp32 at
 #      batch 1000, and at batch 100 with the official optimizer and compile=true.
 # Everything goes to $DIR (one log per step, the benchmark JSON, the demo's run folder without
-# its weights). Not yet run on a GPU: no session has been lent one. Dry run on 2 CPU cores: about 1 minute.
+# its weights). Not yet run on a GPU: no session has been lent one. Dry run on 2 CPU cores: about 80 s.
 # Exits non-zero if any step failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -48,6 +50,7 @@ step() {   # step NAME LIMIT_S COMMAND...: run it, log to $DIR/NAME.log, note a 
 }
 
 step env 60 "$PY" -m fflab env
+step device_tests "$LIMIT" "$PY" -m pytest -q -p no:cacheprovider tests/test_device_agnostic.py
 step gpu_check "$LIMIT" "$PY" benchmarks/gpu_check.py --device "$DEVICE"
 step demo "$LIMIT" "$PY" -m fflab train demo $DEMO device="$DEVICE" --no-progress --out "$DIR/demo" \
     ${DATA:+--data-dir "$DATA"}

@@ -15,7 +15,9 @@ also takes the paths a GPU takes where the code branches on the device: the forw
 through ``torch.addmm`` instead of oneDNN (``fflab.products``), torch's own optimizer steps.
 
 What this cannot see: numbers (meta has none), and code that only runs where the device is
-``cuda`` by name. Three things cannot run on meta at all and are left out: ``torch.compile``
+``cuda`` by name. So where a GPU is present (``benchmarks/gpu_session.sh`` runs this file there)
+every test also runs on it, for real, with generators, autocast and jitter, and checks that the
+losses are finite. Three things cannot run on meta at all and are left out: ``torch.compile``
 (inductor generates no meta kernels), ``torch.autocast`` (no meta autocast: the bf16 paths that
 use it, i.e. all but the fused engine's explicit casts, run here in fp32), and generators (meta
 random ops take none: the steps get ``generator=None``, so jitter, which needs one, is off).
@@ -32,33 +34,37 @@ from fflab.recipes import all_recipes
 from fflab.train import build_task, ff_predict
 
 META = torch.device("meta")
+DEVICES = [META, *([torch.device("cuda")] if torch.cuda.is_available() else [])]
 BATCH = 8
 
 
-def _mnist_like(n: int) -> dict[str, torch.Tensor]:
-    x = torch.rand(n, 784, device=META)
-    y = torch.randint(0, 10, (n,), device=META)
+def _mnist_like(n: int, device: torch.device) -> dict[str, torch.Tensor]:
+    x = torch.rand(n, 784, device=device)
+    y = torch.randint(0, 10, (n,), device=device)
     return {"x_train": x, "y_train": y, "x_test": x[:4], "y_test": y[:4]}
 
 
-def _aesop_like(n: int) -> dict[str, torch.Tensor]:
-    x = torch.randint(0, 30, (n, 100), device=META)
-    y = torch.zeros(n, dtype=torch.long, device=META)
+def _aesop_like(n: int, device: torch.device) -> dict[str, torch.Tensor]:
+    x = torch.randint(0, 30, (n, 100), device=device)
+    y = torch.zeros(n, dtype=torch.long, device=device)
     return {"x_train": x, "y_train": y, "x_test": x[:4], "y_test": y[:4]}
 
 
-def _meta_ready(cfg):
-    """``cfg`` with what meta cannot run switched off (module docstring): bf16 autocast (the
-    fused engine's bf16 is explicit casts and stays), jitter, compile."""
-    off = {"jitter": 0, "compile": False}
-    if getattr(cfg, "dtype", "float32") == "bfloat16" and getattr(cfg, "engine", None) != "fused":
-        off["dtype"] = "float32"
+def _ready(cfg, device: torch.device):
+    """``cfg`` without compile (``benchmarks/gpu_check.py`` covers it) and, on meta, without what
+    meta cannot run (module docstring): bf16 autocast (the fused engine's bf16 is explicit casts
+    and stays) and jitter."""
+    off = {"compile": False}
+    if device == META:
+        off["jitter"] = 0
+        if getattr(cfg, "dtype", "float32") == "bfloat16" and getattr(cfg, "engine", None) != "fused":
+            off["dtype"] = "float32"
     return dataclasses.replace(cfg, **{k: v for k, v in off.items() if hasattr(cfg, k)})
 
 
-def _steps_on_meta(cfg, data: dict[str, torch.Tensor], steps: int = 3):
-    task = build_task(cfg, META)
-    if "clock" in task.modules:
+def _steps_on(device: torch.device, cfg, data: dict[str, torch.Tensor], steps: int = 3):
+    task = build_task(cfg, device)
+    if "clock" in task.modules and device == META:
         # The sequence task reads its update counter from the host once per process, on its
         # first step (sequences.py: the epoch of an update follows from it); a CPU counter
         # keeps that one read possible here. Every later step must not read it again.
@@ -67,26 +73,33 @@ def _steps_on_meta(cfg, data: dict[str, torch.Tensor], steps: int = 3):
         task.setup(data)
     task.train(True)
     x, y = data["x_train"][:BATCH], data["y_train"][:BATCH]
-    idx = torch.arange(BATCH, device=META)
+    idx = torch.arange(BATCH, device=device)
+    g = None if device == META else torch.Generator(device=device).manual_seed(0)
     for _ in range(steps):
-        loss = task.step(x, y, None, idx)
+        loss = task.step(x, y, g, idx)
+    assert loss.device == device
+    if device != META:
+        assert torch.isfinite(loss), loss
     return task, loss
 
 
-def _assert_all_on_meta(task) -> None:
+def _assert_all_on(device: torch.device, task) -> None:
+    def same(t: torch.Tensor) -> bool:   # cuda and cuda:0 are one device
+        return t.device.type == device.type
+
     for name, module in task.modules.items():
         for pname, t in [*module.named_parameters(), *module.named_buffers()]:
-            if name == "clock":
+            if name == "clock" and device == META:
                 continue
-            assert t.device == META, f"{name}.{pname} left the device: {t.device}"
+            assert same(t), f"{name}.{pname} left the device: {t.device}"
             if isinstance(t, torch.nn.Parameter) and t.grad is not None:
-                assert t.grad.device == META, f"{name}.{pname}.grad is on {t.grad.device}"
+                assert same(t.grad), f"{name}.{pname}.grad is on {t.grad.device}"
     for name, opt in task.optimizers.items():
         for state in opt.state.values():
             for key, v in state.items():
                 # torch keeps Adam's step count on the CPU unless the step is fused or capturable
                 if torch.is_tensor(v) and key != "step":
-                    assert v.device == META, f"optimizer {name} state {key!r} is on {v.device}"
+                    assert same(v), f"optimizer {name} state {key!r} is on {v.device}"
 
 
 def test_meta_catches_what_it_is_here_for():
@@ -114,39 +127,42 @@ SUPERVISED = [
 ]
 
 
+@pytest.mark.parametrize("device", DEVICES, ids=str)
 @pytest.mark.parametrize("over", SUPERVISED, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
-def test_supervised_step_is_device_clean(over):
+def test_supervised_step_is_device_clean(over, device):
     cfg = SupervisedFFConfig(hidden=(32, 32, 32), batch_size=BATCH, device="cpu", **over)
-    task, loss = _steps_on_meta(cfg, _mnist_like(64))
-    assert loss.device == META and loss.shape == ()
-    _assert_all_on_meta(task)
+    task, loss = _steps_on(device, cfg, _mnist_like(64, device))
+    assert loss.shape == ()
+    _assert_all_on(device, task)
 
 
+@pytest.mark.parametrize("device", DEVICES, ids=str)
 @pytest.mark.parametrize("per_label_fused", [True, False])
-def test_supervised_predictions_are_device_clean(per_label_fused):
+def test_supervised_predictions_are_device_clean(per_label_fused, device):
     """Per-label goodness (shared first-layer image product, or one pass per label) and the
     one-pass head: predictions stay on the device until the caller reads the error rate."""
     cfg = SupervisedFFConfig(hidden=(32, 32), batch_size=BATCH, device="cpu")
-    task = build_task(cfg, META)
+    task = build_task(cfg, device)
     task.train(False)
-    preds = ff_predict(task.modules["net"], task.modules["head"], _mnist_like(16)["x_train"],
+    preds = ff_predict(task.modules["net"], task.modules["head"], _mnist_like(16, device)["x_train"],
                        layers=list(range(cfg.eval_from_layer, 2)),
                        per_label=True, chunk=8, fused=per_label_fused)
     assert set(preds) == {"goodness", "onepass"}
-    assert all(p.device == META and p.shape == (16,) for p in preds.values())
+    assert all(p.device.type == device.type and p.shape == (16,) for p in preds.values())
 
 
 RECIPES = sorted(all_recipes())
 
 
+@pytest.mark.parametrize("device", DEVICES, ids=str)
 @pytest.mark.parametrize("name", RECIPES)
-def test_every_recipes_step_is_device_clean(name):
-    """Each recipe's own (quick) configuration, with what meta cannot run switched off."""
-    cfg = _meta_ready(all_recipes()[name].make(True))
-    data = _aesop_like(BATCH) if getattr(cfg, "dataset", "mnist") == "aesop" else _mnist_like(64)
-    task, loss = _steps_on_meta(cfg, data)
-    assert loss.device == META
-    _assert_all_on_meta(task)
+def test_every_recipes_step_is_device_clean(name, device):
+    """Each recipe's own (quick) configuration (on meta, with what meta cannot run switched off)."""
+    cfg = _ready(all_recipes()[name].make(True), device)
+    data = (_aesop_like(BATCH, device) if getattr(cfg, "dataset", "mnist") == "aesop"
+            else _mnist_like(64, device))
+    task, _ = _steps_on(device, cfg, data)
+    _assert_all_on(device, task)
 
 
 @pytest.mark.parametrize("name", ["sgd", "adam"])
