@@ -189,6 +189,7 @@ def run_benchmark(hidden: tuple[int, ...] = (1000, 1000, 1000), *, batch_size: i
     from .runs import environment
     sizes = [784, *hidden]
     macs = forward_macs(sizes)
+    dev = resolve_device(device)
     ff_cfg = SupervisedFFConfig(hidden=hidden, batch_size=batch_size, dtype=dtype, negatives=negatives,
                                 device=device, engine=engine, neutral_every=neutral_every,
                                 optimizer=optimizer, compile=compile)
@@ -198,10 +199,10 @@ def run_benchmark(hidden: tuple[int, ...] = (1000, 1000, 1000), *, batch_size: i
                            "optimizer": optimizer, "compile": compile, "steps": steps, "reps": reps,
                            # which library the FF forward products (and the raw reference) used
                            "forward_products": (f"oneDNN linear from {products.MIN_ONEDNN_MACS} multiply-adds up"
-                                                if products.USE_ONEDNN and resolve_device(device).type == "cpu"
+                                                if products.USE_ONEDNN and dev.type == "cpu"
                                                 else "torch.addmm")}
     res["matmul_gflops"] = {
-        dt: matmul_throughput(sizes, batch_size, torch_dtype, reps=reps, device=resolve_device(device))
+        dt: matmul_throughput(sizes, batch_size, torch_dtype, reps=reps, device=dev)
         for dt, torch_dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16))}
     ff = train_throughput(ff_cfg, steps=steps, reps=reps)
     flops_per_image = ff_flops_per_image(sizes, engine=engine, neutral_every=neutral_every)

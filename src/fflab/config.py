@@ -24,10 +24,10 @@ from .errors import ConfigError
 # element by element; every number must be finite.
 _RANGES: dict[str, tuple[Callable[[float], bool], str]] = {}
 for _keys, _ok, _says in (
-        (("epochs", "batch_size", "eval_every", "neutral_every", "iterations", "num_seen", "hidden",
-          "units_per_location", "patch", "stride"), lambda v: v >= 1, ">= 1"),
+        (("epochs", "batch_size", "eval_every", "neutral_every", "iterations", "num_seen", "num_unseen",
+          "hidden", "units_per_location", "patch", "stride"), lambda v: v >= 1, ">= 1"),
         (("train_subset", "test_subset", "train_eval_size", "jitter", "threads", "block_size",
-          "blur_passes", "sleep_k", "sleep_stop_epoch", "num_unseen", "eval_from_layer", "padding",
+          "blur_passes", "sleep_k", "sleep_stop_epoch", "eval_from_layer", "padding",
           "readout_layers", "eval_window", "lr", "head_lr", "readout_lr", "weight_decay",
           "head_weight_decay", "readout_weight_decay", "peer_norm", "temperature", "target_goodness"),
          lambda v: v >= 0, ">= 0"),

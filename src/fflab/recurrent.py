@@ -285,10 +285,7 @@ def predict(net: RecurrentFFNet, head: SoftmaxHead | None, x: torch.Tensor, *, i
 
 # ----------------------------------------------------------------------------- the task
 def _check(cfg: RecurrentFFConfig) -> tuple[int, int]:
-    if cfg.iterations < 1:
-        raise ConfigError(f"iterations={cfg.iterations} must be >= 1")
-    if not 0.0 <= cfg.damping <= 1.0:
-        raise ConfigError(f"damping={cfg.damping} must be in [0, 1] (the weight on the OLD state; paper 0.3)")
+    # iterations >= 1 and damping in [0, 1]: config.check_ranges, when the config is made
     if len(cfg.eval_window) != 2 or not 1 <= cfg.eval_window[0] <= cfg.eval_window[1] <= cfg.iterations:
         raise ConfigError(f"eval_window={','.join(map(str, cfg.eval_window))} must be two iterations a,b "
                           f"with 1 <= a <= b <= iterations={cfg.iterations}")

@@ -272,9 +272,7 @@ class Clock(nn.Module):
 def _optimizer(params, cfg: SequenceFFConfig | SequenceBPConfig) -> torch.optim.Optimizer:
     """``make_optimizer``, except that ``momentum`` is also Adam's beta1: the sleep recipes need
     "very high momentum" with either optimizer (SGD: the gradient EMA of ``make_optimizer``)."""
-    if cfg.optimizer == "adam":
-        if not 0 <= cfg.momentum < 1:
-            raise ConfigError(f"momentum={cfg.momentum} must be in [0, 1)")
+    if cfg.optimizer == "adam":   # momentum in [0, 1): config.check_ranges
         return torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.momentum, 0.999), weight_decay=cfg.weight_decay)
     return make_optimizer(params, name=cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum,
                           weight_decay=cfg.weight_decay)
@@ -295,8 +293,6 @@ def sequence_ff_task(cfg: SequenceFFConfig, device: torch.device) -> Task:
         raise ConfigError(f"negatives={cfg.negatives!r}: choose teacher or generated")
     if cfg.exclude_true and cfg.negatives != "teacher":
         raise ConfigError("exclude_true applies to negatives=teacher only")
-    if cfg.sleep_k < 0 or cfg.sleep_stop_epoch < 0 or cfg.temperature < 0:
-        raise ConfigError("sleep_k, sleep_stop_epoch and temperature must be >= 0")
     if not 0 <= cfg.eval_from_layer < len(cfg.hidden):
         raise ConfigError(f"eval_from_layer={cfg.eval_from_layer} must be < number of hidden layers {len(cfg.hidden)}")
     net = FFNet.dense(IN_FEATURES, cfg.hidden, goodness=cfg.goodness, threshold=cfg.threshold,
@@ -410,8 +406,6 @@ def fast_learning_task(cfg: FastLearningConfig, device: torch.device) -> Task:
     layer's goodness is from S* (``*_dev``: mean |G - S*| / S*) and how far the unseen cases
     ``x[num_seen:num_seen+num_unseen]`` moved (``unseen_shift``: mean |G_after - G_before| / G_before)."""
     from .fast import online_fast_learning_demo
-    if cfg.num_seen < 1 or cfg.num_unseen < 1:
-        raise ConfigError("num_seen and num_unseen must be >= 1")
     net = FFNet.dense(784, cfg.hidden).to(device)
     # fit needs an optimizer; lr 0 and no gradients: the weights never change here.
     opt = make_optimizer(net.parameters(), name="sgd", lr=0.0, momentum=0.0, weight_decay=0.0)

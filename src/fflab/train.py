@@ -400,8 +400,6 @@ def supervised_ff_task(cfg: SupervisedFFConfig, device: torch.device) -> Task:
         from .update import ProductSGD
         product_update = ProductSGD(opt)
     net_update = compiled_update or product_update
-    if cfg.neutral_every < 1:
-        raise ConfigError(f"neutral_every={cfg.neutral_every} must be >= 1")
     # Per-image hard-negative probabilities from the last neutral pass that saw the image
     # (uniform until then). Only used when neutral_every > 1; grown to the training-set size.
     cache = {"probs": torch.empty(0, num_classes, device=device), "step": 0, "sized": False}

@@ -195,8 +195,6 @@ def save_hybrid_goodness_samples(run: runs.Run, net: FFNet, x: torch.Tensor, *, 
 
 @register_task(UnsupervisedFFConfig)
 def unsupervised_ff_task(cfg: UnsupervisedFFConfig, device: torch.device) -> Task:
-    if cfg.blur_passes < 0:
-        raise ConfigError(f"blur_passes={cfg.blur_passes}: must be >= 0")
     net = build_net(cfg).to(device)
     depth = len(net.layers)
     # name -> (head, hidden layers it reads); "readout" is the configured one.
