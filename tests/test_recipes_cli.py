@@ -18,6 +18,15 @@ def test_recipe_registry_has_the_papers_results():
         assert r.claim and r.doc, r.name  # every recipe states its claim and has a docstring
 
 
+def test_quick_runs_never_compile():
+    """``--quick`` is the seconds-long smoke run (and what CI runs): it must not need a C++
+    compiler or wait on torch.compile, even for a recipe such as ff-fast that compiles."""
+    compiling = [n for n, r in all_recipes().items() if getattr(r.config(), "compile", False)]
+    assert "ff-fast" in compiling   # the check below has something to check
+    for name, r in all_recipes().items():
+        assert not getattr(r.config(quick=True), "compile", False), name
+
+
 @pytest.mark.parametrize("name", [n for n in MNIST_RECIPES
                                   if n in ("demo", "ff-paper-4x2000", "ff-official-3x1000", "bp-mlp", "ff-fast")])
 def test_supervised_recipes_quick_mode(tmp_path, tiny_mnist, name):
