@@ -96,15 +96,17 @@ def ff_fast(quick: bool):
     linearly over the second half, hard negatives, 24 epochs, with
     - the official code's regularizers, as in ff-official-3x1000: weight cost 0.001 (head
       0.003, as L2 weight decay) and peer normalization 0.03. With them the net reaches in 24
-      epochs the error that took 60 without (1.43% against 1.42-1.44%, RESULTS.md), and the
-      one-pass softmax head, which learns on one step in four here, comes close to the
-      per-label error instead of 2-3 points above it;
+      epochs the error that took 60 without (1.32-1.43% over three seeds against 1.39-1.44%,
+      RESULTS.md; 40 epochs without them: 1.52%), and the one-pass softmax head, which
+      learns on one step in four here, comes close to the per-label error instead of 2-3
+      points above it;
     - jitter of up to 1 pixel each way (9 shifts, paper section 3.3), which keeps the net from
       overfitting: without it this net's test error stalls near 1.7-1.9% (RESULTS.md);
-    - the fused engine in fp32 with ``compile=true`` (15% less time per step than eager on 2
+    - the fused engine in fp32 with ``compile=true`` (13-16% less time per step than eager on 2
       AVX2 cores; needs a C++ compiler, else pass ``compile=false``). fp32, not bf16, so that
       the recipe runs at full speed on CPUs without native bf16; on one with it (AVX-512 BF16,
-      AMX) ``dtype=bfloat16`` is faster still;
+      AMX) ``dtype=bfloat16`` ran the 3x1000 step 1.3-1.6 x as fast (BENCHMARKS.md), but this
+      recipe's accuracy in bf16 has not been measured;
     - the neutral pass on every 4th step only (``neutral_every=4``): the other steps draw hard
       negatives from each image's probabilities cached at its last neutral pass.
     Evaluated every 8 epochs only (3 evaluations), so the whole command, not just its training
