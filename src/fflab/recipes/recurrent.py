@@ -83,10 +83,11 @@ def ff_jitter(quick: bool):
     DEVIATION: dense layers (4x2000, fully connected); the paper's 0.64% used local receptive
     fields, which SupervisedFFConfig does not offer. Expect a higher error than the paper's.
     DEVIATION: the paper does not give its optimizer; we use Adam (as ff-paper-4x2000).
-    Speed (as ``ff-fast`` until the twelfth session, where jitter, bf16 and the sparse neutral pass
-    together reached 1.39% on a 3x1000 net in 60 epochs): the fused engine in bf16 with fp32 master weights, and the neutral pass on every
-    4th step (``neutral_every=4``; the one-pass head then learns more slowly, the per-label test
-    is unaffected within seed noise, RESULTS.md).
+    Speed (as ``ff-fast`` until the twelfth session, where jitter, bf16 and the sparse neutral
+    pass together reached 1.39% on a 3x1000 net in 60 epochs): the fused engine in bf16 with fp32
+    master weights, and the neutral pass on every 4th step (``neutral_every=4``; the one-pass
+    head then learns more slowly, the per-label test is unaffected within seed noise,
+    RESULTS.md).
     """
     cfg = SupervisedFFConfig(hidden=(2000,) * 4, epochs=500, batch_size=100, optimizer="adam", lr=1e-3,
                              head_lr=1e-3, negatives="hard", jitter=2, eval_every=10, engine="fused",
