@@ -50,8 +50,7 @@ def params_after(over: dict, device: torch.device, x: torch.Tensor, y: torch.Ten
     base = dict(hidden=(256, 256, 256), batch_size=x.shape[0], negatives="uniform", optimizer="sgd",
                 lr=1e-2, head_lr=0.1, device=str(device))
     cfg = SupervisedFFConfig(**{**base, **over})
-    torch.manual_seed(0)                       # the same initial weights for every variant
-    task = build_task(cfg, device)
+    task = build_task(cfg, device)             # seeds torch with cfg.seed: the same initial weights for every variant
     if task.setup is not None:
         task.setup({"x_train": x, "y_train": y})
     task.train(True)
