@@ -300,3 +300,20 @@ def test_bf16_on_a_cpu_without_native_bf16_warns(native, monkeypatch, recwarn):
     else:
         with pytest.warns(SlowDtypeWarning, match="dtype=bfloat16 on a CPU without native bf16"):
             build_task(SupervisedFFConfig(hidden=(8, 8), dtype="bfloat16"), cpu)
+
+
+def test_engine_auto_is_the_fused_engine_where_the_net_allows_it():
+    """engine=auto picks the fastest engine that supports the net: fused for dense ssq layers
+    (BENCHMARKS.md, thirteenth session), autograd for a goodness with no analytic gradient."""
+    from fflab.local import FFLocal
+    from fflab.nets import FFNet
+    from fflab.train import choose_engine
+    dense = FFNet.dense(784, [8, 8])
+    assert choose_engine("auto", dense) == "fused"
+    assert choose_engine("analytic", dense) == "analytic"
+    other = FFNet([FFLocal((1, 28, 28), units_per_location=2, patch=5, stride=5)])   # local receptive fields
+    assert choose_engine("auto", other) == "autograd"
+    with pytest.raises(ConfigError, match="engine=fused needs dense layers"):
+        choose_engine("fused", other)
+    with pytest.raises(ConfigError, match="choose auto, analytic, fused or autograd"):
+        choose_engine("fast", dense)

@@ -88,7 +88,7 @@ class SupervisedFFConfig(CommonConfig):
     eval_from_layer: int = 1              # evaluations use hidden layers [eval_from_layer:] (paper: skip the first)
     per_label_eval: bool = True           # per-label goodness test (10 passes); one-pass is always run
     block_size: int = 0                   # block goodness (paper section 7): units per block, 0 = whole layer
-    engine: str = "auto"                  # auto (= analytic when the net allows) | analytic | fused | autograd
+    engine: str = "auto"                  # auto (= fused when the net allows, else autograd) | analytic | fused | autograd
                                           # fused: analytic + one shared first-layer image product
     neutral_every: int = 1                # run the neutral-label pass on every k-th step only; other steps
                                           # draw hard negatives from each image's cached probabilities

@@ -352,6 +352,24 @@ def ff_predict(net: FFNet, head: SoftmaxHead | None, x: torch.Tensor, *, layers:
     return {k: torch.cat(v) for k, v in out.items() if v}
 
 
+def choose_engine(requested: str, net: FFNet) -> str:
+    """The supervised-FF engine a run uses: ``requested``, or for ``auto`` the fastest one that
+    supports ``net``. That is ``fused`` (analytic gradients with one first-layer image product
+    shared by the neutral, positive and negative passes) for dense layers with a goodness
+    ``analytic`` differentiates, else ``autograd``. The fused and analytic engines make the same
+    updates as autograd up to float rounding (tests/test_analytic.py); fused is the faster of
+    the two (3 x 1000, batch 100, fp32, paired: 1.07 x with Adam, 1.11 x with SGD; BENCHMARKS.md,
+    "Thirteenth session"). ``auto`` meant ``analytic`` before that session."""
+    from . import analytic
+    if requested not in ("auto", "analytic", "fused", "autograd"):
+        raise ConfigError(f"engine={requested!r}: choose auto, analytic, fused or autograd")
+    if requested in ("analytic", "fused") and not analytic.supports(net):
+        raise ConfigError(f"engine={requested} needs dense layers with ssq, min_ssq or mean_ssq goodness")
+    if requested != "auto":
+        return requested
+    return "fused" if analytic.supports(net) else "autograd"
+
+
 @register_task(SupervisedFFConfig)
 def supervised_ff_task(cfg: SupervisedFFConfig, device: torch.device) -> Task:
     num_classes, in_features = 10, 784
@@ -368,11 +386,7 @@ def supervised_ff_task(cfg: SupervisedFFConfig, device: torch.device) -> Task:
     head_opt = make_optimizer(head.parameters(), name=cfg.optimizer, lr=cfg.head_lr, momentum=cfg.momentum,
                               weight_decay=cfg.head_weight_decay)
     from . import analytic
-    if cfg.engine not in ("auto", "analytic", "fused", "autograd"):
-        raise ConfigError(f"engine={cfg.engine!r}: choose auto, analytic, fused or autograd")
-    if cfg.engine in ("analytic", "fused") and not analytic.supports(net):
-        raise ConfigError(f"engine={cfg.engine} needs dense layers with ssq, min_ssq or mean_ssq goodness")
-    engine = cfg.engine if cfg.engine != "auto" else ("analytic" if analytic.supports(net) else "autograd")
+    engine = choose_engine(cfg.engine, net)
     analytic_dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else None
 
     ff_update = analytic.LabelledInput.ff_backward

@@ -56,13 +56,14 @@ def ff_official(quick: bool):
     from the one-pass softmax, the softmax reading layers 2-3.
 
     Official code: 1.47% test error. Command: ``fflab train ff-official-3x1000``.
-    Runtime: with ``engine=fused compile=true threads=1`` (the same updates, faster) about 19 s
-    per epoch, 33 minutes for 100 epochs, on one core of a 2-core CPU shared with another run;
-    the default (analytic) engine took 24-48 s per epoch in the same conditions (RESULTS.md).
+    Runtime: with ``compile=true threads=1`` about 19 s per epoch, 33 minutes for 100 epochs, on
+    one core of a 2-core CPU shared with another run; the analytic engine (the default until the
+    thirteenth session, when ``engine=auto`` became the fused engine: the same updates up to
+    rounding, faster) took 24-48 s per epoch in the same conditions (RESULTS.md).
     DEVIATION: Adam (lr 1e-3) instead of the official SGD with smoothing 0.9 (lr 0.01, head lr
     0.1), with the official regularizers: weight cost 0.001 (head 0.003, as L2 weight decay) and
     peer normalization 0.03. Measured (RESULTS.md, 100 epochs): this recipe 1.42% and 1.52%
-    (default engine, seeds 0 and 1, one thread, about 3200 s each beside other runs) and 1.52%
+    (analytic engine, seeds 0 and 1, one thread, about 3200 s each beside other runs) and 1.52%
     (seed 0, ``engine=fused compile=true``, the same updates up to rounding); without the
     regularizers 2.27%. The official optimizer is one override away, ``optimizer=sgd lr=0.01
     head_lr=0.1``: 1.51% and 1.67% (seeds 0 and 1, ``engine=fused compile=true``; 1.53% and 1.56%
