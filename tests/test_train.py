@@ -16,7 +16,8 @@ def small_cfg(**kw):
 
 
 def test_run_folder_contents(tmp_path, tiny_mnist):
-    res = fit(small_cfg(), str(tmp_path / "r"), recipe="t", progress=False, log=lambda s: None)
+    said = []
+    res = fit(small_cfg(), str(tmp_path / "r"), recipe="t", progress=False, log=said.append)
     d = tmp_path / "r"
     for name in ("config.json", "env.json", "metrics.jsonl", "results.json", "model.safetensors", "state.pt"):
         assert (d / name).exists(), name
@@ -26,6 +27,9 @@ def test_run_folder_contents(tmp_path, tiny_mnist):
     assert {"test_error_goodness", "test_error_onepass", "train_error_goodness", "train_error_onepass",
             "wall_time_s"} <= set(res)
     assert "torch" in json.loads((d / "env.json").read_text())
+    # the engine engine=auto resolved to is printed and kept with the numbers
+    assert json.loads((d / "results.json").read_text())["engine"] == res["engine"] == "fused"
+    assert said[0] == "engine fused"
     # the synthetic task is easy: FF must learn it
     assert res["test_error_goodness"] < 0.6 and res["test_error_onepass"] < 0.2
 

@@ -149,6 +149,9 @@ class Task:
     set_state: Callable[[dict[str, Any]], None] | None = None
     # Called by ``fit`` once the data are loaded (before any step), e.g. to size per-image caches.
     setup: Callable[[dict[str, torch.Tensor]], None] | None = None
+    # What the task resolved from its config (e.g. engine=auto -> "fused"): printed when the run
+    # starts and written into results.json, so a run's numbers say what made them.
+    info: dict[str, str] = field(default_factory=dict)
 
     def train(self, mode: bool = True) -> None:
         for m in self.modules.values():
@@ -212,6 +215,8 @@ def fit(cfg: Any, out: str, *, recipe: str | None = None, resume: bool = False,
     if task.setup is not None:
         task.setup(data)
     run = runs.Run(out, cfg, recipe=recipe, resume=resume)
+    if task.info:
+        log(" | ".join(f"{k} {v}" for k, v in task.info.items()))
     start_epoch, wall = 0, 0.0
     if resume:
         state = runs.load_state(out)
@@ -276,7 +281,7 @@ def fit(cfg: Any, out: str, *, recipe: str | None = None, resume: bool = False,
     task.train(False)
     results = {k: v for k, v in metrics.items() if k.startswith(("test_", "train_"))}
     results.update({"epochs": cfg.epochs, "wall_time_s": wall, "recipe": recipe,
-                    "train_images": n, "device": str(device)})
+                    "train_images": n, "device": str(device), **task.info})
     if task.finalize is not None:
         task.finalize(run, data)
     run.write_results(results)
@@ -504,7 +509,7 @@ def supervised_ff_task(cfg: SupervisedFFConfig, device: torch.device) -> Task:
     return Task(modules={"net": net, "head": head}, optimizers={"net": opt, "head": head_opt},
                 base_lrs={"net": cfg.lr, "head": cfg.head_lr}, step=step, evaluate=evaluate,
                 finalize=finalize, setup=setup, get_state=lambda: {"neg_probs": cache["probs"].cpu(), "step": cache["step"]},
-                set_state=set_state)
+                set_state=set_state, info={"engine": engine})
 
 
 @torch.no_grad()
