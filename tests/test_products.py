@@ -149,3 +149,12 @@ def test_analytic_update_through_oneDNN_equals_autograd(monkeypatch):
         assert calls == []   # no forward product went through addmm
     for p, g in zip(net.parameters(), ref):
         torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-6)
+
+
+def test_native_bf16_follows_the_cpu_flag(monkeypatch):
+    """dtype=auto's question: the CPU's answer is products.NATIVE_BF16; other devices say no
+    unless they are a bf16 GPU."""
+    for flag in (False, True):
+        monkeypatch.setattr(products, "NATIVE_BF16", flag)
+        assert products.native_bf16(torch.device("cpu")) is flag
+    assert products.native_bf16(torch.device("meta")) is False

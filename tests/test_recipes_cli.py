@@ -27,6 +27,14 @@ def test_quick_runs_never_compile():
         assert not getattr(r.config(quick=True), "compile", False), name
 
 
+def test_no_recipe_forces_bf16():
+    """A recipe that wants bf16 asks for dtype=auto: forced bf16 would run every product 10-80 x
+    slower than fp32 on a CPU without native bf16 (AVX2 only), e.g. hours per epoch."""
+    dtypes = {n: getattr(r.config(), "dtype", "float32") for n, r in all_recipes().items()}
+    assert "auto" in dtypes.values()   # the recipes that were bf16 before
+    assert {n: d for n, d in dtypes.items() if d not in ("float32", "auto")} == {}
+
+
 @pytest.mark.parametrize("name", [n for n in MNIST_RECIPES
                                   if n in ("demo", "ff-paper-4x2000", "ff-official-3x1000", "bp-mlp", "ff-fast")])
 def test_supervised_recipes_quick_mode(tmp_path, tiny_mnist, name):

@@ -321,3 +321,29 @@ def test_engine_auto_is_the_fused_engine_where_the_net_allows_it():
         choose_engine("fused", other)
     with pytest.raises(ConfigError, match="choose auto, analytic, fused or autograd"):
         choose_engine("fast", dense)
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_dtype_auto_is_bf16_only_where_the_device_has_it(native, monkeypatch, tmp_path, tiny_mnist):
+    """dtype=auto runs bf16 products on a device that multiplies bf16 natively and fp32 elsewhere
+    (where bf16 is 10-80 x slower); the run folder records the dtype it used, so that a resume on
+    another machine continues it alike."""
+    from fflab import products
+    from fflab.train import concrete_dtype
+    # what the device can do, as dtype=auto sees it (the products keep this CPU's real paths)
+    monkeypatch.setattr(products, "native_bf16", lambda device: native)
+    cpu = torch.device("cpu")
+    want = "bfloat16" if native else "float32"
+    assert concrete_dtype("auto", cpu) == want
+    assert concrete_dtype("float32", cpu) == "float32" and concrete_dtype("bfloat16", cpu) == "bfloat16"
+    said = []
+    res = fit(small_cfg(epochs=1, dtype="auto"), str(tmp_path / "r"), progress=False, log=said.append)
+    assert said[0] == f"dtype auto -> {want} ({'' if native else 'no '}native bf16 on cpu)"
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["dtype"] == want
+    assert res["dtype"] == want
+
+
+def test_unknown_dtype_is_a_config_error():
+    from fflab.train import build_task
+    with pytest.raises(ConfigError, match="dtype='fp16': choose float32, bfloat16, auto"):
+        build_task(small_cfg(dtype="fp16"), torch.device("cpu"))

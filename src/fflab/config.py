@@ -58,7 +58,8 @@ class CommonConfig:
     batch_size: int = 100
     seed: int = 0
     device: str = "auto"          # auto | cpu | cuda | cuda:N
-    dtype: str = "float32"        # float32 | bfloat16 (autocast forward, fp32 master weights)
+    dtype: str = "float32"        # float32 | bfloat16 (autocast forward, fp32 master weights) | auto
+                                  # (bfloat16 where the device multiplies bf16 natively, else float32)
     train_subset: int = 0         # use only the first N training images (0 = all); quick modes
     test_subset: int = 0          # evaluate on the first N test images (0 = all)
     train_eval_size: int = 10000  # training images used to measure train error each evaluation

@@ -40,6 +40,16 @@ NATIVE_BF16 = bool(torch.backends.mkldnn.is_available()
                    and getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bf16 natively: a CPU with AVX-512 BF16 or AMX
+    (``NATIVE_BF16``), or a CUDA GPU that supports bf16. ``dtype=auto`` picks bf16 there only."""
+    if device.type == "cpu":
+        return NATIVE_BF16
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return False
+
+
 def _fits(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> bool:
     """A CPU product oneDNN's linear takes (fp32, or bf16 where the CPU has it natively; one
     dtype), big enough to pay for it, with no autograd graph to record (the oneDNN kernel has no

@@ -8,6 +8,7 @@ their own task builders in ``TASKS``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 import warnings
@@ -41,13 +42,38 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
+DTYPES = ("float32", "bfloat16", "auto")
+
+
+def concrete_dtype(dtype: str, device: torch.device) -> str:
+    """``dtype`` as a run uses it on ``device``: ``auto`` is bfloat16 where the device multiplies
+    bf16 natively (a CPU with AVX-512 BF16 or AMX, a bf16 GPU) and float32 elsewhere, where bf16
+    products run 10-80 x slower than fp32 (BENCHMARKS.md, "Ninth session")."""
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype={dtype!r}: choose {', '.join(DTYPES)}")
+    if dtype != "auto":
+        return dtype
+    from . import products
+    return "bfloat16" if products.native_bf16(device) else "float32"
+
+
+def with_concrete_dtype(cfg: Any, device: torch.device) -> Any:
+    """``cfg`` with ``dtype=auto`` resolved for ``device`` (configs without a dtype unchanged)."""
+    dtype = getattr(cfg, "dtype", None)
+    if dtype is None:
+        return cfg
+    concrete = concrete_dtype(dtype, device)
+    return cfg if concrete == dtype else dataclasses.replace(cfg, dtype=concrete)
+
+
 def autocast(device: torch.device, dtype: str):
     """bf16 autocast for the forward products; master weights and optimizer stay fp32."""
+    dtype = concrete_dtype(dtype, device)
     if dtype == "float32":
         return contextlib.nullcontext()
     if dtype == "bfloat16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
-    raise ConfigError(f"dtype={dtype!r}: choose float32 or bfloat16")
+    raise AssertionError(dtype)   # concrete_dtype checked it
 
 
 def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
@@ -175,6 +201,7 @@ def build_task(cfg: Any, device: torch.device) -> Task:
         builder = TASKS[type(cfg).__name__]
     except KeyError:
         raise ConfigError(f"no trainer for config kind {type(cfg).__name__}") from None
+    cfg = with_concrete_dtype(cfg, device)
     warn_if_slow_dtype(getattr(cfg, "dtype", "float32"), device)
     torch.manual_seed(cfg.seed)  # model initialization
     try:
@@ -210,6 +237,10 @@ def fit(cfg: Any, out: str, *, recipe: str | None = None, resume: bool = False,
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
+    if getattr(cfg, "dtype", None) == "auto":
+        # config.json gets the dtype the run uses, so a resume elsewhere continues it alike
+        cfg = with_concrete_dtype(cfg, device)
+        log(f"dtype auto -> {cfg.dtype} ({'' if cfg.dtype == 'bfloat16' else 'no '}native bf16 on {device.type})")
     data = load_data(cfg, device, data_dir)
     task = build_task(cfg, device)
     if task.setup is not None:
@@ -282,6 +313,8 @@ def fit(cfg: Any, out: str, *, recipe: str | None = None, resume: bool = False,
     results = {k: v for k, v in metrics.items() if k.startswith(("test_", "train_"))}
     results.update({"epochs": cfg.epochs, "wall_time_s": wall, "recipe": recipe,
                     "train_images": n, "device": str(device), **task.info})
+    if hasattr(cfg, "dtype"):
+        results["dtype"] = cfg.dtype
     if task.finalize is not None:
         task.finalize(run, data)
     run.write_results(results)
@@ -307,6 +340,7 @@ def load_run(run_dir: str, device: str | None = None) -> tuple[Any, Task, torch.
             raise
         raise ConfigError(f"{run_dir} was trained with device={cfg.device!r}: {e}; to evaluate it "
                           f"here, pass --device cpu") from None
+    cfg = with_concrete_dtype(cfg, device)
     task = build_task(cfg, device)
     runs.load_model(runs.Path(run_dir) / runs.MODEL_FILE, task.modules)
     return cfg, task, device

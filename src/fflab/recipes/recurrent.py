@@ -11,7 +11,7 @@ def _recurrent(goodness: str) -> RecurrentFFConfig:
     return RecurrentFFConfig(hidden=(2000, 2000), iterations=8, damping=0.3, eval_window=(3, 5), epochs=60,
                              batch_size=100, goodness=goodness, negatives="hard", optimizer="adam", lr=2.5e-4,
                              head_lr=1e-3, lr_schedule="linear_half", eval_every=5, engine="fused",
-                             dtype="bfloat16")
+                             dtype="auto")
 
 
 def _quick(cfg: RecurrentFFConfig) -> RecurrentFFConfig:
@@ -41,7 +41,9 @@ def ff_recurrent(quick: bool):
     at), 20 epochs (``epochs=20``) gave 1.61% (paper: 1.31% after 60) with the loss falling in the
     constant-rate phase, so 2.5e-4 is the default. The 60-epoch run at 2.5e-4 has not been done yet.
     Speed: ``engine=fused`` (analytic local gradients, the clamped image's product computed once per
-    step; ``recurrent_fused.py``) and bf16 products with fp32 master weights and fp32 states.
+    step; ``recurrent_fused.py``) and bf16 products with fp32 master weights and fp32 states
+    where the device multiplies bf16 natively (``dtype=auto``; fp32 elsewhere, e.g. on AVX2-only
+    CPUs, whose bf16 products are 10-80 x slower than fp32).
     ``engine=autograd dtype=float32`` is the plain reference (same updates to rounding, tested).
     The paper says "two or three" hidden layers; ``hidden=2000x3`` gives three.
     DEVIATION: the optimizer (Adam, lr 2.5e-4 for the layers and 1e-3 for the softmax head, linear
@@ -85,11 +87,12 @@ def ff_jitter(quick: bool):
     DEVIATION: the paper does not give its optimizer; we use Adam (as ff-paper-4x2000).
     Speed (as ``ff-fast`` until the twelfth session, where jitter, bf16 and the sparse neutral
     pass together reached 1.39% on a 3x1000 net in 60 epochs): the fused engine in bf16 with fp32
-    master weights, and the neutral pass on every 4th step (``neutral_every=4``; the one-pass
+    master weights where the device multiplies bf16 natively (``dtype=auto``, else fp32), and the
+    neutral pass on every 4th step (``neutral_every=4``; the one-pass
     head then learns more slowly, the per-label test is unaffected within seed noise,
     RESULTS.md).
     """
     cfg = SupervisedFFConfig(hidden=(2000,) * 4, epochs=500, batch_size=100, optimizer="adam", lr=1e-3,
                              head_lr=1e-3, negatives="hard", jitter=2, eval_every=10, engine="fused",
-                             dtype="bfloat16", neutral_every=4)
+                             dtype="auto", neutral_every=4)
     return quick_mode(cfg, hidden=(64, 64, 64)) if quick else cfg

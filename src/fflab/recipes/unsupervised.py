@@ -30,11 +30,12 @@ def ff_unsup_dense(quick: bool):
     60 epochs. At lr 1e-3 most units of layers 2-4 die in the first few hundred steps: after 100
     epochs 65-87% of them were never active on the test set, and the error was 3.04% against
     1.52% at 1e-4 (RESULTS.md).
-    DEVIATION: bf16 products (fp32 master weights), to fit a CPU; ``dtype=float32`` for fp32.
+    DEVIATION: bf16 products (fp32 master weights), to fit a CPU, where the device multiplies
+    bf16 natively (``dtype=auto``; fp32 elsewhere); ``dtype=float32`` for fp32 everywhere.
     """
     cfg = UnsupervisedFFConfig(architecture="dense", hidden=(2000,) * 4, epochs=60, batch_size=100,
                                optimizer="adam", lr=1e-4, readout_lr=1e-3, lr_schedule="linear_half",
-                               blur_passes=6, readout_layers=(1, 2, 3), eval_every=5, dtype="bfloat16")
+                               blur_passes=6, readout_layers=(1, 2, 3), eval_every=5, dtype="auto")
     return quick_mode(cfg, hidden=(32, 32, 32, 32)) if quick else cfg
 
 
@@ -52,14 +53,15 @@ def ff_unsup_local(quick: bool):
     Runtime: measured on 2,000 images on one CPU thread while another run shared the cores, scaled
     to 60,000: about 1.5 min per epoch in bf16 with the masked-dense local layers (``local_impl=dense``;
     2.1 min in fp32, 3 min with ``local_impl=bmm``), so about 1.5 hours for 60 epochs; minutes on one GPU.
-    DEVIATION: bf16 products (fp32 master weights), to fit a CPU; ``dtype=float32`` for fp32.
+    DEVIATION: bf16 products (fp32 master weights), to fit a CPU, where the device multiplies
+    bf16 natively (``dtype=auto``; fp32 elsewhere); ``dtype=float32`` for fp32 everywhere.
     DEVIATION: the paper does not give the MNIST geometry (we choose 1960-unit layers to match its
     2000-unit dense layers), the optimizer or the learning rate (Adam, lr 1e-3, decayed linearly
     over the second half).
     """
     cfg = UnsupervisedFFConfig(architecture="local", epochs=60, batch_size=100, optimizer="adam", lr=1e-3,
                                readout_lr=1e-3, lr_schedule="linear_half", peer_norm=0.03, blur_passes=6,
-                               readout_layers=(1, 2, 3), eval_every=5, dtype="bfloat16")
+                               readout_layers=(1, 2, 3), eval_every=5, dtype="auto")
     return quick_mode(cfg, **_QUICK_LOCAL) if quick else cfg
 
 
