@@ -13,8 +13,11 @@ def autograd_grads(net, x_pn, b):
     return loss.detach(), [(l.weight.grad.clone(), l.bias.grad.clone()) for l in net.layers]
 
 
-@pytest.mark.parametrize("kw", [dict(goodness="ssq"), dict(goodness="min_ssq"), dict(goodness="mean_ssq"),
-                                dict(goodness="ssq", block_size=4), dict(goodness="ssq", peer_norm=0.03)])
+NETS = [dict(goodness="ssq"), dict(goodness="min_ssq"), dict(goodness="mean_ssq"),
+        dict(goodness="ssq", block_size=4), dict(goodness="ssq", peer_norm=0.03)]
+
+
+@pytest.mark.parametrize("kw", NETS)
 def test_analytic_equals_autograd(kw):
     torch.manual_seed(0)
     net = FFNet.dense(30, [16, 12, 8], threshold=None, **kw).double()
@@ -45,11 +48,14 @@ def test_analytic_bf16_close_to_fp32():
         assert rel < 0.05
 
 
-def test_shared_label_input_equals_plain_path():
+@pytest.mark.parametrize("kw", [*NETS, dict(goodness="mean_ssq", block_size=4, peer_norm=0.03)])
+def test_shared_label_input_equals_plain_path(kw):
+    """The fused engine (engine=auto's choice for every net this test builds) makes the analytic
+    engine's gradients, for every goodness, block goodness and peer normalization."""
     from fflab.analytic import LabelledInput
     from fflab.negatives import overlay_label
     torch.manual_seed(0)
-    net = FFNet.dense(40, [16, 12], peer_norm=0.03).double()
+    net = FFNet.dense(40, [16, 12], threshold=None, **kw).double()
     x = torch.rand(6, 40, dtype=torch.float64)
     y = torch.tensor([0, 1, 2, 3, 4, 5])
     y_neg = torch.tensor([1, 2, 3, 4, 5, 0])
