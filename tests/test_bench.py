@@ -7,9 +7,11 @@ from fflab.bench import format_table, run_benchmark
 
 
 def test_bench_reports_every_measurement_and_counts_skipped_neutral_passes():
-    kw = dict(hidden=(16, 16), batch_size=8, steps=2, reps=1, device="cpu", engine="fused", epoch_images=80)
-    every = run_benchmark(**kw)
-    sparse = run_benchmark(**kw, neutral_every=4)
+    kw = dict(hidden=(16, 16), batch_size=8, steps=2, reps=2, device="cpu", epoch_images=80)
+    every = run_benchmark(**kw)   # engine=auto: the fused engine, and its products counted
+    sparse = run_benchmark(**kw, neutral_every=4, engine="fused")
+    assert every["engine"] == "fused" and every["engine_requested"] == "auto"
+    assert "engine fused (auto)" in format_table(every)
     for res in (every, sparse):
         json.dumps(res)  # --json must be able to write it
         assert res["ff_train"]["images_per_s"]["median"] > 0 and res["bp_train"]["images_per_s"]["median"] > 0
@@ -19,6 +21,9 @@ def test_bench_reports_every_measurement_and_counts_skipped_neutral_passes():
         parts = res["ff_step_ms"]   # where a step's time goes; the parts add up to the step
         assert parts["total"] > 0 and parts["products_at_raw_rate"] > 0
         assert parts["total"] == pytest.approx(parts["products_at_raw_rate"] + parts["optimizer_update"] + parts["rest"])
+        paired = res["ff_fraction_of_matmul_paired"]   # per turn: FF rate over the raw rate beside it
+        assert paired["min"] <= res["ff_fraction_of_matmul"] == paired["median"] <= paired["max"]
+        assert set(res["matmul_gflops"]) == {"float32", "bfloat16"}
     # a neutral pass on 1 step in 4 needs fewer products per image
     first, rest = 784 * 16, 16 * 16
     assert every["ff_train"]["flops_per_image"] == 2 * (2 * first + 5 * rest)
@@ -48,6 +53,15 @@ def test_training_loop_sizes_the_per_image_cache_as_fit_does():
     assert task.get_state()["neg_probs"].shape == (12, 10)
     run()
     assert task.get_state()["neg_probs"].shape == (12, 10)
+
+
+def test_interleaved_timing_takes_turns():
+    """(a) and (b) are timed in turns, so each FF turn has a raw-product turn beside it."""
+    from fflab import bench
+    calls = []
+    times = bench._interleaved({"raw": lambda: calls.append("raw"), "ff": lambda: calls.append("ff")}, reps=3)
+    assert calls == ["raw", "ff"] * 4   # one warm-up call each, then three turns
+    assert [len(t) for t in times.values()] == [3, 3]
 
 
 def test_timings_wait_for_the_device(monkeypatch):

@@ -6,7 +6,10 @@ layer for each of the two. No input gradient is needed because nothing crosses a
 exactly these products ("needed FLOPs") and compare the achieved rate with the raw products of
 the same shapes, made with the calls the engine makes (``products.linear`` forward, ``torch.mm``
 weight gradients), so the ratio measures the engine and not the choice of library. Warm-up is
-excluded; each measurement is repeated and we report median and spread.
+excluded; each measurement is repeated and we report median and spread. The raw products and the
+FF steps are timed in turns, and the ratio is the median over turns of FF's rate against the raw
+rate of the turn beside it, which a drifting shared VM cannot skew the way two medians taken
+minutes apart can.
 """
 from __future__ import annotations
 
@@ -45,6 +48,20 @@ def _timeit(fn: Callable[[], Any], *, reps: int, warmup: int = 1,
     return out
 
 
+def _interleaved(fns: dict[str, Callable[[], Any]], *, reps: int,
+                 device: torch.device | None = None) -> dict[str, list[float]]:
+    """Seconds per call of each of ``fns``, timed in turns (a, b, a, b, ...) after one warm-up
+    call each, so that the machine's slow and fast periods (a shared VM drifts by 10-50% within
+    minutes) fall on every function alike and the i-th times of two functions can be paired."""
+    for fn in fns.values():
+        fn()
+    out: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, fn in fns.items():
+            out[k] += _timeit(fn, reps=1, warmup=0, device=device)
+    return out
+
+
 def _summary(times: list[float], scale: float) -> dict[str, float]:
     """``scale / time`` statistics: median and (min, max) spread over repetitions."""
     rates = [scale / t for t in times]
@@ -72,6 +89,13 @@ def matmul_throughput(sizes: list[int], batch: int, dtype: torch.dtype, *, reps:
     x @ W^T on the positive+negative batch (``products.linear``, as the engine calls it) and the
     weight gradient dz^T @ x, for every layer."""
     device = torch.device(device)
+    run, flops = raw_products(sizes, batch, dtype, iters=iters, device=device)
+    return _summary(_timeit(run, reps=reps, device=device), flops / 1e9)
+
+
+def raw_products(sizes: list[int], batch: int, dtype: torch.dtype, *, iters: int = 5,
+                 device: torch.device) -> tuple[Callable[[], None], int]:
+    """A function making ``matmul_throughput``'s products ``iters`` times, and their FLOPs."""
     mats = []
     for a, b in zip(sizes[:-1], sizes[1:]):
         x = torch.randn(2 * batch, a, dtype=dtype, device=device)
@@ -86,7 +110,7 @@ def matmul_throughput(sizes: list[int], batch: int, dtype: torch.dtype, *, reps:
                 products.linear(x, w, None)
                 torch.mm(dz.t(), x)
 
-    return _summary(_timeit(run, reps=reps, device=device), flops / 1e9)
+    return run, flops
 
 
 def _synthetic(n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -201,16 +225,30 @@ def run_benchmark(hidden: tuple[int, ...] = (1000, 1000, 1000), *, batch_size: i
                            "forward_products": (f"oneDNN linear from {products.MIN_ONEDNN_MACS} multiply-adds up"
                                                 if products.USE_ONEDNN and dev.type == "cpu"
                                                 else "torch.addmm")}
-    res["matmul_gflops"] = {
-        dt: matmul_throughput(sizes, batch_size, torch_dtype, reps=reps, device=dev)
-        for dt, torch_dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16))}
-    ff = train_throughput(ff_cfg, steps=steps, reps=reps)
-    flops_per_image = ff_flops_per_image(sizes, engine=engine, neutral_every=neutral_every)
+    # (a) and (b) in turns, rep by rep, so that (c) pairs a raw rate and an FF rate measured
+    # side by side: on a drifting VM, medians taken minutes apart gave 52% and 102% for one
+    # configuration (BENCHMARKS.md, thirteenth session).
+    task, ff_run = training_loop(ff_cfg, steps)
+    res["engine"] = task.info.get("engine", engine)   # what engine=auto resolved to
+    res["engine_requested"] = engine
+    raw_run, raw_flops = raw_products(sizes, batch_size, getattr(torch, dtype), device=dev)
+    times = _interleaved({"raw": raw_run, "ff": ff_run}, reps=reps, device=dev)
+    other = "bfloat16" if dtype == "float32" else "float32"
+    res["matmul_gflops"] = {dtype: _summary(times["raw"], raw_flops / 1e9),
+                            other: matmul_throughput(sizes, batch_size, getattr(torch, other), reps=reps,
+                                                     device=dev)}
+    ff = _summary(times["ff"], steps * batch_size)
+    flops_per_image = ff_flops_per_image(sizes, engine=res["engine"], neutral_every=neutral_every)
     res["ff_train"] = {"images_per_s": ff, "ms_per_epoch": epoch_images / ff["median"] * 1e3,
                        "gflops": ff["median"] * flops_per_image / 1e9,
                        "flops_per_image": flops_per_image}
     raw = res["matmul_gflops"][dtype]["median"]
-    res["ff_fraction_of_matmul"] = res["ff_train"]["gflops"] / raw
+    # FF's rate over the raw rate of the same turn: steps * batch * flops_per_image / t_ff against
+    # raw_flops / t_raw
+    res["ff_fraction_of_matmul_paired"] = _summary(
+        [t_ff / t_raw for t_ff, t_raw in zip(times["ff"], times["raw"])],
+        steps * batch_size * flops_per_image / raw_flops)
+    res["ff_fraction_of_matmul"] = res["ff_fraction_of_matmul_paired"]["median"]
     # Where a step's time goes: the needed products at the raw rate (a floor), the optimizer
     # updates (measured in place), and the rest (elementwise work, sampling, dispatch).
     step_ms = batch_size / ff["median"] * 1e3
@@ -239,7 +277,9 @@ def format_table(res: dict[str, Any]) -> str:
 
     rows = [
         f"fflab bench: hidden {res['hidden']} batch {res['batch_size']} dtype {res['dtype']} "
-        f"negatives {res['negatives']} engine {res['engine']} neutral_every {res.get('neutral_every', 1)} "
+        f"negatives {res['negatives']} engine {res['engine']}"
+        + (f" ({res['engine_requested']})" if res.get("engine_requested", res["engine"]) != res["engine"] else "")
+        + f" neutral_every {res.get('neutral_every', 1)} "
         f"optimizer {res.get('optimizer', 'adam')} compile {res.get('compile', False)} "
         f"({res['steps']} steps x {res['reps']} reps, median [min-max])",
         f"hardware: {env['cpu']} ({env.get('cpu_capability', '?')}"
@@ -255,7 +295,10 @@ def format_table(res: dict[str, Any]) -> str:
         f"{'(b) FF train (images/s)':44s} {spread(f['images_per_s']):>28s}",
         f"{'(b) FF train (ms per 60k-image epoch)':44s} {f['ms_per_epoch']:>28.0f}",
         f"{'(b) FF train (GFLOP/s of needed products)':44s} {f['gflops']:>28.1f}",
-        f"{'(c) FF / raw matmul ' + res['dtype']:44s} {100 * res['ff_fraction_of_matmul']:>27.0f}%",
+        (f"{'(c) FF / raw matmul ' + res['dtype'] + ', paired turns (%)':44s} "
+         f"{spread({k: 100 * v for k, v in res['ff_fraction_of_matmul_paired'].items()}):>28s}"
+         if "ff_fraction_of_matmul_paired" in res else
+         f"{'(c) FF / raw matmul ' + res['dtype']:44s} {100 * res['ff_fraction_of_matmul']:>27.0f}%"),
         *([f"{'(c) FF step (ms): ' + k.replace('_', ' '):44s} {v:>28.2f}" for k, v in res["ff_step_ms"].items()]
           if "ff_step_ms" in res else []),
         f"{'(d) BP train (images/s)':44s} {spread(b['images_per_s']):>28s}",
