@@ -24,6 +24,8 @@ def test_bench_reports_every_measurement_and_counts_skipped_neutral_passes():
         paired = res["ff_fraction_of_matmul_paired"]   # per turn: FF rate over the raw rate beside it
         assert paired["min"] <= res["ff_fraction_of_matmul"] == paired["median"] <= paired["max"]
         assert set(res["matmul_gflops"]) == {"float32", "bfloat16"}
+        fb = res["ff_over_bp_paired"]
+        assert fb["min"] <= res["ff_over_bp_time_per_epoch"] == fb["median"] <= fb["max"]
     # a neutral pass on 1 step in 4 needs fewer products per image
     first, rest = 784 * 16, 16 * 16
     assert every["ff_train"]["flops_per_image"] == 2 * (2 * first + 5 * rest)

@@ -6,10 +6,10 @@ layer for each of the two. No input gradient is needed because nothing crosses a
 exactly these products ("needed FLOPs") and compare the achieved rate with the raw products of
 the same shapes, made with the calls the engine makes (``products.linear`` forward, ``torch.mm``
 weight gradients), so the ratio measures the engine and not the choice of library. Warm-up is
-excluded; each measurement is repeated and we report median and spread. The raw products and the
-FF steps are timed in turns, and the ratio is the median over turns of FF's rate against the raw
-rate of the turn beside it, which a drifting shared VM cannot skew the way two medians taken
-minutes apart can.
+excluded; each measurement is repeated and we report median and spread. The raw products, the
+FF steps and the BP steps are timed in turns, and each ratio (FF / raw, FF / BP) is the median
+over turns of the two rates measured side by side, which a drifting shared VM cannot skew the way
+two medians taken minutes apart can.
 """
 from __future__ import annotations
 
@@ -143,12 +143,6 @@ def training_loop(cfg: Any, steps: int) -> tuple[Any, Callable[[], None]]:
     return task, run
 
 
-def train_throughput(cfg: Any, *, steps: int, reps: int) -> dict[str, float]:
-    """Images per second of the real training step (synthetic MNIST-shaped data)."""
-    _, run = training_loop(cfg, steps)
-    return _summary(_timeit(run, reps=reps), steps * cfg.batch_size)
-
-
 def update_cost_ms(cfg: Any, *, steps: int, reps: int) -> float:
     """What the optimizer updates cost per step *in place*: the median over repetitions of
     (time of ``steps`` full steps - time of the same steps with every optimizer's ``step`` a
@@ -225,14 +219,15 @@ def run_benchmark(hidden: tuple[int, ...] = (1000, 1000, 1000), *, batch_size: i
                            "forward_products": (f"oneDNN linear from {products.MIN_ONEDNN_MACS} multiply-adds up"
                                                 if products.USE_ONEDNN and dev.type == "cpu"
                                                 else "torch.addmm")}
-    # (a) and (b) in turns, rep by rep, so that (c) pairs a raw rate and an FF rate measured
-    # side by side: on a drifting VM, medians taken minutes apart gave 52% and 102% for one
-    # configuration (BENCHMARKS.md, thirteenth session).
+    # (a), (b) and (d) in turns, rep by rep, so that the ratios (c) and FF / BP pair rates
+    # measured side by side: on a drifting VM, two medians taken minutes apart can disagree by
+    # 2 x for one configuration (BENCHMARKS.md, thirteenth session).
     task, ff_run = training_loop(ff_cfg, steps)
     res["engine"] = task.info.get("engine", engine)   # what engine=auto resolved to
     res["engine_requested"] = engine
     raw_run, raw_flops = raw_products(sizes, batch_size, getattr(torch, dtype), device=dev)
-    times = _interleaved({"raw": raw_run, "ff": ff_run}, reps=reps, device=dev)
+    _, bp_run = training_loop(bp_cfg, steps)
+    times = _interleaved({"raw": raw_run, "ff": ff_run, "bp": bp_run}, reps=reps, device=dev)
     other = "bfloat16" if dtype == "float32" else "float32"
     res["matmul_gflops"] = {dtype: _summary(times["raw"], raw_flops / 1e9),
                             other: matmul_throughput(sizes, batch_size, getattr(torch, other), reps=reps,
@@ -256,11 +251,13 @@ def run_benchmark(hidden: tuple[int, ...] = (1000, 1000, 1000), *, batch_size: i
     update_ms = update_cost_ms(ff_cfg, steps=steps, reps=reps)
     res["ff_step_ms"] = {"total": step_ms, "products_at_raw_rate": products_ms, "optimizer_update": update_ms,
                          "rest": step_ms - products_ms - update_ms}
-    bp = train_throughput(bp_cfg, steps=steps, reps=reps)
+    bp = _summary(times["bp"], steps * batch_size)
     bp_flops_per_image = 2 * (macs + 10 * hidden[-1]) * 3  # forward, input grad, weight grad
     res["bp_train"] = {"images_per_s": bp, "ms_per_epoch": epoch_images / bp["median"] * 1e3,
                        "gflops": bp["median"] * bp_flops_per_image / 1e9}
-    res["ff_over_bp_time_per_epoch"] = res["ff_train"]["ms_per_epoch"] / res["bp_train"]["ms_per_epoch"]
+    # FF's time over BP's in the same turn (the same steps and batch)
+    res["ff_over_bp_paired"] = _summary([t_bp / t_ff for t_ff, t_bp in zip(times["ff"], times["bp"])], 1.0)
+    res["ff_over_bp_time_per_epoch"] = res["ff_over_bp_paired"]["median"]
     res["eval_images_per_s"] = eval_throughput(ff_cfg, n=2000, reps=max(2, reps // 2))
     return res
 
@@ -303,7 +300,9 @@ def format_table(res: dict[str, Any]) -> str:
           if "ff_step_ms" in res else []),
         f"{'(d) BP train (images/s)':44s} {spread(b['images_per_s']):>28s}",
         f"{'(d) BP train (ms per 60k-image epoch)':44s} {b['ms_per_epoch']:>28.0f}",
-        f"{'(d) FF / BP time per epoch':44s} {res['ff_over_bp_time_per_epoch']:>28.2f}",
+        (f"{'(d) FF / BP time per epoch, paired turns':44s} {spread(res['ff_over_bp_paired'], '{:.2f}'):>28s}"
+         if "ff_over_bp_paired" in res else
+         f"{'(d) FF / BP time per epoch':44s} {res['ff_over_bp_time_per_epoch']:>28.2f}"),
         f"{'(e) eval per-label goodness (images/s)':44s} {spread(ev['per_label']):>28s}",
         f"{'(e) eval one-pass softmax (images/s)':44s} {spread(ev['one_pass']):>28s}",
     ]
