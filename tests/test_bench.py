@@ -105,3 +105,9 @@ def test_bench_cli_bad_input_is_one_clear_line(args, says, capsys):
     assert main(["bench", *args]) == 2
     err = capsys.readouterr().err
     assert says in err and "Traceback" not in err
+
+
+def test_bench_dtype_auto_is_what_a_run_would_use(monkeypatch):
+    monkeypatch.setattr(products, "native_bf16", lambda device: False)
+    res = run_benchmark(hidden=(8, 8), batch_size=4, steps=1, reps=1, device="cpu", dtype="auto", epoch_images=8)
+    assert res["dtype"] == "float32" and "dtype float32" in format_table(res)

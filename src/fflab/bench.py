@@ -22,7 +22,7 @@ import torch
 
 from .config import BPConfig, SupervisedFFConfig
 from . import products
-from .train import build_task, ff_predict, resolve_device
+from .train import build_task, concrete_dtype, ff_predict, resolve_device
 
 
 def _sync(device: torch.device | None) -> None:
@@ -208,6 +208,7 @@ def run_benchmark(hidden: tuple[int, ...] = (1000, 1000, 1000), *, batch_size: i
     sizes = [784, *hidden]
     macs = forward_macs(sizes)
     dev = resolve_device(device)
+    dtype = concrete_dtype(dtype, dev)   # dtype=auto: what a run on this device would use
     ff_cfg = SupervisedFFConfig(hidden=hidden, batch_size=batch_size, dtype=dtype, negatives=negatives,
                                 device=device, engine=engine, neutral_every=neutral_every,
                                 optimizer=optimizer, compile=compile)

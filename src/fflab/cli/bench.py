@@ -9,7 +9,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="measure FF/BP/matmul throughput on this machine (issue 3)")
     p.add_argument("--hidden", default="1000,1000,1000", help="hidden widths, e.g. 2000x4")
     p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "auto"], default="float32",
+                   help="auto: bfloat16 where the device multiplies bf16 natively, else float32")
     p.add_argument("--negatives", choices=["hard", "uniform"], default="hard")
     p.add_argument("--engine", choices=["auto", "analytic", "fused", "autograd"], default="auto")
     p.add_argument("--neutral-every", type=int, default=1,
