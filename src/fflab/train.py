@@ -397,8 +397,9 @@ def choose_engine(requested: str, net: FFNet) -> str:
     shared by the neutral, positive and negative passes) for dense layers with a goodness
     ``analytic`` differentiates, else ``autograd``. The fused and analytic engines make the same
     updates as autograd up to float rounding (tests/test_analytic.py); fused is the faster of
-    the two (3 x 1000, batch 100, fp32, paired: 1.07 x with Adam, 1.11 x with SGD; BENCHMARKS.md,
-    "Thirteenth session"). ``auto`` meant ``analytic`` before that session."""
+    the two (fp32, batch 100, Adam, paired on a 2-core Zen 3: 1.07-1.10 x for 3 x 1000, 1.06-1.08 x
+    for 4 x 2000; BENCHMARKS.md, "Thirteenth session"). ``auto`` meant ``analytic`` before that
+    session."""
     from . import analytic
     if requested not in ("auto", "analytic", "fused", "autograd"):
         raise ConfigError(f"engine={requested!r}: choose auto, analytic, fused or autograd")
