@@ -307,8 +307,9 @@ def test_bf16_on_a_cpu_without_native_bf16_warns(native, monkeypatch, recwarn):
 
 
 def test_engine_auto_is_the_fused_engine_where_the_net_allows_it():
-    """engine=auto picks the fastest engine that supports the net: fused for dense ssq layers
-    (BENCHMARKS.md, thirteenth session), autograd for a goodness with no analytic gradient."""
+    """engine=auto picks the fastest engine that supports the net: fused for dense layers
+    (BENCHMARKS.md, thirteenth session), autograd for layers the analytic engines do not
+    differentiate (here local receptive fields)."""
     from fflab.local import FFLocal
     from fflab.nets import FFNet
     from fflab.train import choose_engine
