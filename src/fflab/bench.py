@@ -276,7 +276,7 @@ def format_table(res: dict[str, Any]) -> str:
     rows = [
         f"fflab bench: hidden {res['hidden']} batch {res['batch_size']} dtype {res['dtype']} "
         f"negatives {res['negatives']} engine {res['engine']}"
-        + (f" ({res['engine_requested']})" if res.get("engine_requested", res["engine"]) != res["engine"] else "")
+        + (f" ({res['engine_requested']})" if res["engine_requested"] != res["engine"] else "")
         + f" neutral_every {res.get('neutral_every', 1)} "
         f"optimizer {res.get('optimizer', 'adam')} compile {res.get('compile', False)} "
         f"({res['steps']} steps x {res['reps']} reps, median [min-max])",
@@ -293,17 +293,13 @@ def format_table(res: dict[str, Any]) -> str:
         f"{'(b) FF train (images/s)':44s} {spread(f['images_per_s']):>28s}",
         f"{'(b) FF train (ms per 60k-image epoch)':44s} {f['ms_per_epoch']:>28.0f}",
         f"{'(b) FF train (GFLOP/s of needed products)':44s} {f['gflops']:>28.1f}",
-        (f"{'(c) FF / raw matmul ' + res['dtype'] + ', paired turns (%)':44s} "
-         f"{spread({k: 100 * v for k, v in res['ff_fraction_of_matmul_paired'].items()}):>28s}"
-         if "ff_fraction_of_matmul_paired" in res else
-         f"{'(c) FF / raw matmul ' + res['dtype']:44s} {100 * res['ff_fraction_of_matmul']:>27.0f}%"),
+        f"{'(c) FF / raw matmul ' + res['dtype'] + ', paired turns (%)':44s} "
+        f"{spread({k: 100 * v for k, v in res['ff_fraction_of_matmul_paired'].items()}):>28s}",
         *([f"{'(c) FF step (ms): ' + k.replace('_', ' '):44s} {v:>28.2f}" for k, v in res["ff_step_ms"].items()]
           if "ff_step_ms" in res else []),
         f"{'(d) BP train (images/s)':44s} {spread(b['images_per_s']):>28s}",
         f"{'(d) BP train (ms per 60k-image epoch)':44s} {b['ms_per_epoch']:>28.0f}",
-        (f"{'(d) FF / BP time per epoch, paired turns':44s} {spread(res['ff_over_bp_paired'], '{:.2f}'):>28s}"
-         if "ff_over_bp_paired" in res else
-         f"{'(d) FF / BP time per epoch':44s} {res['ff_over_bp_time_per_epoch']:>28.2f}"),
+        f"{'(d) FF / BP time per epoch, paired turns':44s} {spread(res['ff_over_bp_paired'], '{:.2f}'):>28s}",
         f"{'(e) eval per-label goodness (images/s)':44s} {spread(ev['per_label']):>28s}",
         f"{'(e) eval one-pass softmax (images/s)':44s} {spread(ev['one_pass']):>28s}",
     ]
