@@ -20,6 +20,7 @@ demo: venv
 	$(VENV)/bin/fflab train demo
 
 test: venv
+	$(VENV)/bin/ruff check src tests benchmarks
 	$(PY) -m pytest
 
 bench: venv

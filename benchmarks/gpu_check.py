@@ -1,4 +1,4 @@
-"""Do the supervised-FF engines give autograd's updates on this device? (issue 3, item 4)
+"""Do the supervised-FF engines give autograd's updates on this device?
 
     python benchmarks/gpu_check.py --device cuda
 
@@ -20,7 +20,7 @@ depend on the optimizer, and ``update.CompiledUpdate``'s Adam is compared with t
 The CPU suite checks the same on the CPU (``tests/test_analytic.py``, ``tests/test_train.py``)
 and that every step is device-clean (``tests/test_device_agnostic.py``, on the meta device);
 this script is the check with numbers on a real accelerator, the first part of
-``benchmarks/gpu_session.sh``. On a CPU it runs as it is (``--device cpu``). Not a test.
+``benchmarks/gpu_run.sh``. On a CPU it runs as it is (``--device cpu``). Not a test.
 """
 from __future__ import annotations
 
@@ -29,19 +29,20 @@ import sys
 
 import torch
 
-from fflab.analytic import has_cxx_compiler
-from fflab.config import SupervisedFFConfig
-from fflab.train import build_task, resolve_device
+from fflab._engines.compiled import has_cxx_compiler
+from fflab.experiments.supervised import SupervisedFFConfig
+from fflab.runtime import resolve_device
+from fflab.train import build_task
 
 VARIANTS = [   # (overrides on top of SGD, tolerance relative to each tensor's largest weight)
     (dict(engine="analytic"), 1e-5),
-    (dict(engine="fused"), 1e-5),                            # fp32 SGD: update.ProductSGD
-    (dict(engine="fused", neutral_every=2), 1e-5),           # the neutral pass and head step on 1 step in 2
-    (dict(engine="fused", peer_norm=0.03), 1e-5),
-    (dict(engine="fused", compile=True), 1e-5),
+    (dict(engine="shared"), 1e-5),                   # fp32 SGD: update.ProductSGD
+    (dict(engine="shared", neutral_every=2), 1e-5),  # the neutral pass and head step on 1 step in 2
+    (dict(engine="shared", peer_norm=0.03), 1e-5),
+    (dict(engine="shared", compile="true"), 1e-5),
     (dict(engine="analytic", dtype="bfloat16"), 3e-2),
-    (dict(engine="fused", dtype="bfloat16"), 3e-2),
-    (dict(engine="fused", dtype="bfloat16", compile=True), 3e-2),   # update.CompiledUpdate
+    (dict(engine="shared", dtype="bfloat16"), 3e-2),
+    (dict(engine="shared", dtype="bfloat16", compile="true"), 3e-2),   # update.CompiledUpdate
 ]
 
 
@@ -50,7 +51,7 @@ def params_after(over: dict, device: torch.device, x: torch.Tensor, y: torch.Ten
     base = dict(hidden=(256, 256, 256), batch_size=x.shape[0], negatives="uniform", optimizer="sgd",
                 lr=1e-2, head_lr=0.1, device=str(device))
     cfg = SupervisedFFConfig(**{**base, **over})
-    task = build_task(cfg, device)             # seeds torch with cfg.seed: the same initial weights for every variant
+    task = build_task(cfg, device)   # seeds torch with cfg.seed: the same initial weights for every variant
     if task.setup is not None:
         task.setup({"x_train": x, "y_train": y})
     task.train(True)
@@ -80,11 +81,11 @@ def main() -> int:
     failed = 0
     for over, tol in VARIANTS:
         label = ",".join(f"{k}={v}" for k, v in over.items())
-        if over.get("compile") and not can_compile:
+        if over.get("compile") == "true" and not can_compile:
             print(f"{label:40s} skipped: no C++ compiler for torch.compile on CPU")
             continue
         try:
-            want = params_after({**over, "engine": "autograd", "compile": False}, device, x, y, args.steps)
+            want = params_after({**over, "engine": "autograd", "compile": "false"}, device, x, y, args.steps)
             got = params_after(over, device, x, y, args.steps)
         except Exception as e:   # report every variant, then fail
             print(f"{label:40s} FAILED: {type(e).__name__}: {e}")

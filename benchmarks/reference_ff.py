@@ -1,12 +1,13 @@
-"""A timing model of the reference reimplementation's training step (issue 3's "3 x faster" target).
+"""A timing model of the reference reimplementation's training step (the "3 x faster" target).
 
-Issue 3 anchors its per-epoch target on a widely used PyTorch reimplementation of FF
+fflab's per-epoch speed target is set against a widely used PyTorch reimplementation of FF
 (loeweX/Forward-Forward: 3 x 1000 ReLU, batch 100, peer normalization, softmax head on the
-neutral pass, SGD with momentum), timed at about 21 s per 50,000-image epoch on the Zen 4 VM.
-That number belongs to one machine. To judge "3 x faster" on whatever machine this runs on, this
-module rebuilds the same per-step computation in plain eager PyTorch, written here from that
-code's description (nothing copied), and ``benchmarks/engine_ab.py reference ...`` times it in
-turns with fflab's step on the same machine.
+neutral pass, SGD with momentum), whose epoch time was given for one machine (the AMD Zen 4
+figure in BENCHMARKS.md and docs/reference-comparison.md). To judge "3 x faster" on whatever
+machine this runs on, this module rebuilds the same per-step computation in plain eager
+PyTorch, written here from that code's description (nothing copied), and
+``benchmarks/engine_ab.py reference ...`` times it in turns with fflab's step on the same
+machine.
 
 Per step, as that code does it:
 
@@ -34,12 +35,12 @@ epochs, then cooled linearly) and prints seconds per epoch and the test error, w
 either sliced from tensors or, with ``--loader``, drawn through such a ``Dataset`` and
 ``DataLoader`` (per-image Python work as that code's, minus its PIL decoding):
 
-    python benchmarks/reference_ff.py --epochs 10 [--loader]
+    python benchmarks/reference_ff.py --epochs 10 [--loader] [--data-dir DIR]
 
 With ``--against-raw ROUNDS`` it instead times its step in turns with the raw fp32 products of
 the same shapes (``fflab.bench.matmul_throughput``) and prints the fraction of the raw rate it
 reaches, and the speed-up over it that an engine running fflab's products (``fflab bench``'s
-count for the fused engine with ``neutral_every=4``) at 100% of the raw rate would have: the
+count for the shared engine with ``neutral_every=4``) at 100% of the raw rate would have: the
 ceiling of any fflab-vs-reference ratio measured without the data pipeline.
 """
 from __future__ import annotations
@@ -214,13 +215,13 @@ def _cooled_lr(lr: float, epoch: int, epochs: int) -> float:
 
 def _flops_per_step(batch: int = 100, neutral_every: int = 4) -> tuple[float, float]:
     """Products per step of 3 x 1000 at ``batch``: the reference's (forward on positive and
-    negative, their weight gradients, the neutral pass on every step) and fflab's fused engine's
+    negative, their weight gradients, the neutral pass on every step) and fflab's shared engine's
     (the first layer's image product shared by positive and negative, the neutral pass on 1 step
     in ``neutral_every``; as ``fflab.bench.run_benchmark`` counts them)."""
     from fflab.bench import ff_flops_per_image, forward_macs
     sizes = [784, 1000, 1000, 1000]
     reference = 2 * batch * (2 + 2 + 1) * forward_macs(sizes)
-    return reference, batch * ff_flops_per_image(sizes, engine="fused", neutral_every=neutral_every)
+    return reference, batch * ff_flops_per_image(sizes, engine="shared", neutral_every=neutral_every)
 
 
 def against_raw(rounds: int, steps: int = 20) -> None:
@@ -230,7 +231,7 @@ def against_raw(rounds: int, steps: int = 20) -> None:
     run()   # warm-up
     ref_flops, ff_flops = _flops_per_step()
     step_s, raw = [], []
-    for _ in range(rounds):   # in turns, so that the VM's drift falls on both
+    for _ in range(rounds):   # in turns, so that the machine's drift falls on both
         start = time.perf_counter()
         run()
         step_s.append((time.perf_counter() - start) / steps)
@@ -253,6 +254,7 @@ def main() -> None:
     ap.add_argument("--loader", action="store_true", help="batches through a DataLoader with 4 workers")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--data-dir", default=None, help="folder with the MNIST IDX files (else $FFLAB_DATA_DIR or the cache)")
     ap.add_argument("--against-raw", type=int, metavar="ROUNDS", default=0,
                     help="time the step against the raw products instead of training")
     args = ap.parse_args()
@@ -261,7 +263,7 @@ def main() -> None:
         return against_raw(args.against_raw)
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
-    d = load_mnist()
+    d = load_mnist(data_dir=args.data_dir)
     x, y = d["x_train"][:50000], d["y_train"][:50000]
     model = ReferenceFF()
     lr = 1e-3

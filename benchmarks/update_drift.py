@@ -1,15 +1,17 @@
 """Does ``update.CompiledUpdate`` compute the same update as torch's own optimizer step, at scale?
 
-    python benchmarks/update_drift.py [--steps 300] [--optimizer adam|sgd]
+    python benchmarks/update_drift.py [--steps 300] [--optimizer adam|sgd] [--hidden 1000x3]
 
-Two copies of the 3 x 1000 net (784-1000-1000-1000) start equal. Every step, the bf16 fused
-engine computes one set of FF gradients from the first copy; the first copy takes them through
-torch's fused optimizer (``.grad`` widened to fp32, as the plain bf16 path does), the second
+Two copies of the 3 x 1000 net (784-1000-1000-1000) start equal. Every step, the bf16 shared
+engine (``dense.LabelledInput``) computes one set of FF gradients from the first copy; the first
+copy takes them through torch's own optimizer step (``fused=True``; ``.grad`` widened to fp32,
+as the plain bf16 path does), the second
 through ``CompiledUpdate`` (bf16 gradients as they are). As both always receive the same
 gradients, any difference is the update's own arithmetic, not a chaotic training trajectory.
 Prints the largest relative difference between the two copies' parameters every 50 steps, and
 how far the compiled update's bf16 weight copies are from the first copy's weights cast to bf16.
-Random MNIST-shaped data, uniform wrong labels; not a test (about a minute).
+Random MNIST-shaped data, uniform wrong labels. Needs a C++ compiler (``CompiledUpdate``
+compiles its step) and is slow on a CPU without native bf16 products. Not a test.
 """
 from __future__ import annotations
 
@@ -18,11 +20,12 @@ import copy
 
 import torch
 
-from fflab.analytic import LabelledInput
+from fflab._engines.dense import LabelledInput
+from fflab._engines.update import CompiledUpdate
+from fflab.config import _expand_times
 from fflab.negatives import uniform_wrong_labels
 from fflab.nets import FFNet
-from fflab.train import make_optimizer
-from fflab.update import CompiledUpdate
+from fflab.optim import make_optimizer
 
 
 def main() -> None:
@@ -30,10 +33,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--optimizer", default="adam", choices=["adam", "sgd"])
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--hidden", default="1000x3")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    net = FFNet.dense(784, [1000, 1000, 1000])
+    net = FFNet.dense(784, [int(h) for h in _expand_times(args.hidden)])
     twin = copy.deepcopy(net)
     hyper = dict(name=args.optimizer, lr=1e-3 if args.optimizer == "adam" else 1e-2, momentum=0.9, weight_decay=1e-3)
     plain = make_optimizer(net.parameters(), **hyper)

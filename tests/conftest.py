@@ -10,7 +10,7 @@ SHARED_MNIST = Path(os.environ.get("FFLAB_TEST_MNIST_DIR", REPO.parent / "shared
 
 def pytest_collection_modifyitems(config, items):
     """Skip tests marked ``needs_cxx_compiler`` where inductor cannot build its CPU kernels."""
-    from fflab.analytic import has_cxx_compiler
+    from fflab._engines.compiled import has_cxx_compiler
     if has_cxx_compiler():
         return
     skip = pytest.mark.skip(reason="torch.compile on CPU needs a C++ compiler")

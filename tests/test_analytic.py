@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from fflab.analytic import ff_backward, supports
+from fflab._engines.dense import ff_backward, supports
 from fflab.nets import FFNet
 
 
@@ -52,7 +52,7 @@ def test_analytic_bf16_close_to_fp32():
 def test_shared_label_input_equals_plain_path(kw):
     """The fused engine (engine=auto's choice for every net this test builds) makes the analytic
     engine's gradients, for every goodness, block goodness and peer normalization."""
-    from fflab.analytic import LabelledInput
+    from fflab._engines.dense import LabelledInput
     from fflab.negatives import overlay_label
     torch.manual_seed(0)
     net = FFNet.dense(40, [16, 12], threshold=None, **kw).double()
@@ -82,7 +82,7 @@ def test_gradients_into_a_list_equal_the_grad_attributes(dtype):
     gradients as ``.grad`` (exactly), in parameter order, and leaves ``.grad`` alone."""
     import copy
 
-    from fflab.analytic import LabelledInput
+    from fflab._engines.dense import LabelledInput
     torch.manual_seed(0)
     net = FFNet.dense(40, [16, 12])
     twin = copy.deepcopy(net)
@@ -103,7 +103,7 @@ def test_gradients_into_a_list_equal_the_grad_attributes(dtype):
 
 
 def test_each_label_forward_equals_plain_per_label_pass():
-    from fflab.analytic import LabelledInput
+    from fflab._engines.dense import LabelledInput
     from fflab.negatives import overlay_label
     torch.manual_seed(0)
     net = FFNet.dense(40, [16, 12]).double()
@@ -118,13 +118,15 @@ def test_each_label_forward_equals_plain_per_label_pass():
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_ff_predict_shared_image_product_matches_plain(dtype):
     from fflab.nets import SoftmaxHead
-    from fflab.train import ff_predict
+    from fflab.experiments.supervised import predict as ff_predict
+    from fflab.runtime import Runtime
     torch.manual_seed(0)
     net = FFNet.dense(784, [64, 64, 64])
     head = SoftmaxHead(128)
     x = (torch.rand(300, 784) > 0.7).float()
-    fast = ff_predict(net, head, x, layers=[1, 2], per_label=True, chunk=128, dtype=dtype)
-    plain = ff_predict(net, head, x, layers=[1, 2], per_label=True, chunk=128, dtype=dtype, fused=False)
+    rt = Runtime(torch.device("cpu"), dtype)
+    fast = ff_predict(net, head, x, layers=[1, 2], per_label=True, chunk=128, rt=rt)
+    plain = ff_predict(net, head, x, layers=[1, 2], per_label=True, chunk=128, rt=rt, shared=False)
     assert torch.equal(fast["onepass"], plain["onepass"])
     # same argmax except where two labels' goodness differ by less than the rounding
     agree = (fast["goodness"] == plain["goodness"]).float().mean().item()
@@ -137,7 +139,7 @@ def test_compiled_update_equals_eager():
     (float rounding aside), with repeated labels among positives and negatives."""
     import copy
 
-    from fflab.analytic import LabelledInput, compiled_ff_backward
+    from fflab._engines.dense import LabelledInput, compiled_ff_backward
     torch.manual_seed(0)
     net = FFNet.dense(40, [16, 12], peer_norm=0.03)
     twin = copy.deepcopy(net)
@@ -157,10 +159,11 @@ def test_neutral_head_grads_equal_autograd(compiled):
     """compile=true's neutral step (train.neutral_head_grads): the head's probabilities and the
     gradient of its mean cross-entropy, made without autograd, equal autograd's through the plain
     neutral pass; compiled, in one graph."""
-    from fflab.analytic import LabelledInput, compile_static
+    from fflab._engines.dense import LabelledInput
+    from fflab._engines.compiled import compile_static
     from fflab.nets import SoftmaxHead
     from fflab.negatives import overlay_label
-    from fflab.train import neutral_head_grads
+    from fflab._engines.supervised import neutral_head_grads
     torch.manual_seed(0)
     net = FFNet.dense(40, [16, 12, 8])
     head = SoftmaxHead(12 + 8)
@@ -188,8 +191,8 @@ def test_deferred_weight_gradients_are_the_same_products(compiled):
     ``.grad``; biases as tensors. Repeated labels among positives and negatives."""
     import copy
 
-    from fflab.analytic import LabelledInput, compiled_ff_backward
-    from fflab.update import GradProduct
+    from fflab._engines.dense import LabelledInput, compiled_ff_backward
+    from fflab._engines.update import GradProduct
     torch.manual_seed(0)
     net = FFNet.dense(40, [16, 12, 8])
     twin = copy.deepcopy(net)

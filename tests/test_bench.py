@@ -2,20 +2,20 @@ import json
 
 import pytest
 
-from fflab import products
+from fflab._engines import products
 from fflab.bench import format_table, run_benchmark
 
 
 def test_bench_reports_every_measurement_and_counts_skipped_neutral_passes():
     kw = dict(hidden=(16, 16), batch_size=8, steps=2, reps=2, device="cpu", epoch_images=80)
     every = run_benchmark(**kw)   # engine=auto: the fused engine, and its products counted
-    sparse = run_benchmark(**kw, neutral_every=4, engine="fused")
-    assert every["engine"] == "fused" and every["engine_requested"] == "auto"
-    assert "engine fused (auto)" in format_table(every)
+    sparse = run_benchmark(**kw, neutral_every=4, engine="shared")
+    assert every["engine"] == "shared" and every["engine_requested"] == "auto"
+    assert "engine shared (auto)" in format_table(every)
     for res in (every, sparse):
         json.dumps(res)  # --json must be able to write it
         assert res["ff_train"]["images_per_s"]["median"] > 0 and res["bp_train"]["images_per_s"]["median"] > 0
-        assert res["forward_products"].startswith("oneDNN") == products.USE_ONEDNN
+        assert res["forward_products"].startswith("oneDNN") == products.onednn_active()
         assert res["ff_over_bp_time_per_epoch"] > 0
         assert set(res["eval_images_per_s"]) == {"per_label", "one_pass"}
         parts = res["ff_step_ms"]   # where a step's time goes; the parts add up to the step
@@ -34,12 +34,12 @@ def test_bench_reports_every_measurement_and_counts_skipped_neutral_passes():
 
 
 @pytest.mark.parametrize("extra", [
-    {}, {"engine": "fused"},    # fp32 sgd: the net steps via ProductSGD
-    pytest.param({"engine": "fused", "compile": True, "dtype": "bfloat16"},   # the net steps via CompiledUpdate
+    {}, {"engine": "shared"},    # fp32 sgd: the net steps via ProductSGD
+    pytest.param({"engine": "shared", "compile": "true", "dtype": "bfloat16"},   # the net steps via CompiledUpdate
                  marks=pytest.mark.needs_cxx_compiler)])
 def test_update_cost_restores_the_optimizers(extra):
     from fflab.bench import update_cost_ms
-    from fflab.config import SupervisedFFConfig
+    from fflab.experiments.supervised import SupervisedFFConfig
     cfg = SupervisedFFConfig(hidden=(8, 8), batch_size=4, device="cpu", optimizer="sgd", **extra)
     assert isinstance(update_cost_ms(cfg, steps=2, reps=2), float)   # and its own check passed
 
@@ -49,8 +49,8 @@ def test_training_loop_sizes_the_per_image_cache_as_fit_does():
     once from the data, not grown from each batch's indices (a host read of idx.max() per step,
     a sync on a GPU)."""
     from fflab.bench import training_loop
-    from fflab.config import SupervisedFFConfig
-    cfg = SupervisedFFConfig(hidden=(8, 8), batch_size=4, device="cpu", engine="fused", neutral_every=4)
+    from fflab.experiments.supervised import SupervisedFFConfig
+    cfg = SupervisedFFConfig(hidden=(8, 8), batch_size=4, device="cpu", engine="shared", neutral_every=4)
     task, run = training_loop(cfg, steps=3)
     assert task.get_state()["neg_probs"].shape == (12, 10)
     run()

@@ -59,26 +59,26 @@ def test_reference_model_learns_layer_by_layer():
 
 
 def test_gpu_check_passes_the_engines_and_catches_a_wrong_gradient(monkeypatch):
-    """benchmarks/gpu_check.py, on the CPU: the fused engine agrees with autograd within its
+    """benchmarks/gpu_check.py, on the CPU: the shared engine agrees with autograd within its
     fp32 tolerance, and a dL/dz off by 1% is over it."""
     import gpu_check
-    from fflab import analytic
+    from fflab.layers import FFLayer
     gen = torch.Generator().manual_seed(0)
     x = (torch.rand(16, 784, generator=gen) > 0.8).float()
     y = torch.randint(0, 10, (16,), generator=gen)
 
     def rel_error() -> float:
         want = gpu_check.params_after({"engine": "autograd"}, torch.device("cpu"), x, y, 2)
-        got = gpu_check.params_after({"engine": "fused"}, torch.device("cpu"), x, y, 2)
+        got = gpu_check.params_after({"engine": "shared"}, torch.device("cpu"), x, y, 2)
         return max(((got[k] - want[k]).abs().max() / want[k].abs().max()).item() for k in want)
 
-    tolerance = next(t for over, t in gpu_check.VARIANTS if over == {"engine": "fused"})
+    tolerance = next(t for over, t in gpu_check.VARIANTS if over == {"engine": "shared"})
     assert rel_error() <= tolerance
-    real = analytic.local_dz
+    real = FFLayer.local_grad   # the analytic engines' dL/dz; autograd differentiates local_loss
 
-    def off_by_one_percent(layer, h, b_pos):
-        dz, loss = real(layer, h, b_pos)
+    def off_by_one_percent(layer, h, num_pos):
+        dz, loss = real(layer, h, num_pos)
         return dz * 1.01, loss
 
-    monkeypatch.setattr(analytic, "local_dz", off_by_one_percent)
+    monkeypatch.setattr(FFLayer, "local_grad", off_by_one_percent)
     assert rel_error() > tolerance

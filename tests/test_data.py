@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import time
 import urllib.error
 from dataclasses import replace
 from pathlib import Path
@@ -56,15 +57,20 @@ def offline(monkeypatch, tmp_path):
 def synthetic(n_train=12, n_test=6, seed=0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {"x_train": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
-            "y_train": (np.arange(n_train) % 10).astype(np.uint8),
+            "y_train": ((np.arange(n_train) + seed) % 10).astype(np.uint8),
             "x_test": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
-            "y_test": (np.arange(n_test) % 10).astype(np.uint8)}
+            "y_test": ((np.arange(n_test) + seed) % 10).astype(np.uint8)}
 
 
-def write_set(folder: Path, arrays, *, gz=True) -> Path:
+def write_set(folder: Path, arrays, *, gz=True, level=None) -> Path:
+    """The four IDX files of `arrays` in `folder`: gzipped (write_idx's level 1, or `level`) or raw."""
     folder.mkdir(parents=True, exist_ok=True)
     for key, stem in STEMS.items():
-        write_idx(folder / (stem + (".gz" if gz else "")), arrays[key])
+        if gz and level is not None:
+            (folder / f"{stem}.gz").write_bytes(gzip.compress(to_idx_bytes(arrays[key]),
+                                                              compresslevel=level, mtime=12345))
+        else:
+            write_idx(folder / (stem + (".gz" if gz else "")), arrays[key])
     return folder
 
 
@@ -186,7 +192,10 @@ def test_real_mnist_from_data_dir_then_cache(tmp_path, monkeypatch, offline):
 
     again = fetch_dataset(data_dir=data)  # same files: served by the cache
     assert again.source.startswith(f"cache {cache_file}")
-    monkeypatch.setenv("FFLAB_DATA_DIR", str(tmp_path / "elsewhere"))  # data dir gone: cache alone
+    monkeypatch.setenv("FFLAB_DATA_DIR", str(tmp_path / "elsewhere"))  # a named dir is never bypassed
+    with pytest.raises(DataError, match=r"data dir .*elsewhere \(FFLAB_DATA_DIR\) has no mnist files"):
+        fetch_dataset()
+    monkeypatch.delenv("FFLAB_DATA_DIR")  # no data dir: the cache alone
     third = fetch_dataset()
     assert third.source == f"cache {cache_file}" and "data dir" in third.origin
     np.testing.assert_array_equal(third.arrays["y_train"], d["y_train"].numpy())
@@ -242,15 +251,117 @@ def test_md5_mismatch_names_expected_and_found(tmp_path, tiny):
     assert f"expected {expected}, found {found}" in msg
 
 
-def test_corrupt_data_dir_falls_back_to_cache_with_a_warning(tmp_path, tiny):
+def test_corrupt_named_data_dir_is_an_error_even_with_the_cache_built_from_it(tmp_path, tiny):
     folder = write_set(tmp_path / "d", tiny)
-    fetch_dataset(data_dir=folder)
+    fetch_dataset(data_dir=folder)  # a valid cache, built from these very files
     p = folder / "train-labels-idx1-ubyte.gz"
     p.write_bytes(p.read_bytes()[:-5])
-    with pytest.warns(RuntimeWarning, match=r"train-labels-idx1-ubyte\.gz"):
-        got = fetch_dataset(data_dir=folder)
-    assert got.source.startswith("cache")
-    assert_same(got.arrays, tiny)
+    with pytest.raises(DataError) as e:
+        fetch_dataset(data_dir=folder)
+    msg = str(e.value)
+    assert msg.startswith(f"{p}: gzip stream ends early")
+    assert f" of the expected {8 + 12} bytes)" in msg  # 8-byte header + 12 labels
+    assert f"in the data dir {folder} (data_dir / --data-dir)" in msg and "unset" not in msg.split("\n")[0]
+    assert_same(mnist.load_cache(mnist.DATASETS["mnist"], tmp_path / "cache" / "mnist.npz")[0], tiny)
+
+
+@pytest.mark.parametrize("how", ["argument", "env"])
+@pytest.mark.parametrize("damage", ["truncate_gz", "truncate_raw", "flip_byte"])
+def test_named_data_dir_with_a_bad_file_never_falls_back(tmp_path, tiny, fake_mirror, monkeypatch,
+                                                         recwarn, how, damage):
+    """A good cache and a good mirror exist; the named folder's bad file is still an error."""
+    good = fetch_dataset("mnist")  # builds a good cache from the (fake) mirror
+    assert good.source.startswith("https://") and fetch_dataset("mnist").source.startswith("cache")
+    asked = len(fake_mirror)
+    folder = write_set(tmp_path / "d", tiny, gz=damage != "truncate_raw")
+    p = next(folder.glob("t10k-images-idx3-ubyte*"))
+    data = p.read_bytes()
+    if damage == "flip_byte":
+        raw = bytearray(to_idx_bytes(tiny["x_test"]))
+        raw[100] ^= 1
+        p.write_bytes(gzip.compress(bytes(raw)))
+    else:
+        p.write_bytes(data[:-100])
+    if how == "env":
+        monkeypatch.setenv("FFLAB_DATA_DIR", str(folder))
+    with pytest.raises(DataError) as e:
+        fetch_dataset("mnist", data_dir=folder if how == "argument" else None)
+    msg = str(e.value)
+    assert msg.startswith(f"{p}: ")
+    if damage == "truncate_raw":
+        assert f"truncated: header says shape (6, 28, 28) of uint8 -> expected {len(data)} bytes, " \
+               f"found {len(data) - 100} bytes" in msg
+    elif damage == "truncate_gz":
+        assert "gzip stream ends early" in msg and f" of the expected {16 + 6 * 784} bytes)" in msg
+    else:
+        expected = raw_md5s(tiny)["t10k-images-idx3-ubyte"]
+        found = hashlib.md5(bytes(raw)).hexdigest()
+        assert f"MD5 mismatch for t10k-images-idx3-ubyte (uncompressed content): expected {expected}, " \
+               f"found {found}" in msg
+    assert ("FFLAB_DATA_DIR" if how == "env" else "data_dir / --data-dir") in msg
+    assert len(fake_mirror) == asked  # no other source was asked
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+def test_file_rewritten_with_old_size_and_mtime_is_checked_again(tmp_path, tiny):
+    """The cache built from a named dir's files is not served for a file damaged in place."""
+    folder = write_set(tmp_path / "d", tiny, gz=False)
+    p = folder / "train-images-idx3-ubyte"
+    st = p.stat()
+    fetch_dataset(data_dir=folder)
+    assert fetch_dataset(data_dir=folder).source.startswith("cache")  # the fast path
+    raw = bytearray(p.read_bytes())
+    raw[-1] ^= 0xFF  # same size
+    deadline = time.monotonic() + 5
+    while True:  # file timestamps can be coarse (a clock tick): rewrite until the ctime moves
+        p.write_bytes(bytes(raw))
+        os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))  # and put the old mtime back
+        if p.stat().st_ctime_ns != st.st_ctime_ns or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    assert p.stat().st_size == st.st_size and p.stat().st_mtime_ns == st.st_mtime_ns
+    with pytest.raises(DataError, match=rf"{p}: MD5 mismatch .*expected {raw_md5s(tiny)[p.name]}"):
+        fetch_dataset(data_dir=folder)
+
+
+@pytest.mark.parametrize("layout", ["absent", "empty", "three_of_four"])
+def test_named_data_dir_without_the_files_is_an_error(tmp_path, tiny, layout, monkeypatch):
+    good = write_set(tmp_path / "good", tiny)
+    fetch_dataset(data_dir=good)  # a valid cache exists: it must not be used instead
+    folder = tmp_path / "named"
+    if layout != "absent":
+        folder.mkdir()
+    if layout == "three_of_four":
+        write_set(folder / "mnist", tiny)
+        (folder / "mnist" / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DataError) as e:
+        fetch_dataset(data_dir=folder)
+    msg = str(e.value)
+    assert msg.startswith(f"data dir {folder} (data_dir / --data-dir) has no mnist files: ")
+    if layout == "absent":
+        assert f"{folder} does not exist" in msg
+    elif layout == "three_of_four":
+        assert f"{folder / 'mnist'} lacks t10k-labels-idx1-ubyte[.gz]" in msg
+    for stem in STEMS.values():
+        assert f"{stem}[.gz]" in msg
+    assert f"in: {folder}, {folder / 'mnist'}, {folder / 'MNIST/raw'}" in msg
+    assert "leave out data_dir / --data-dir" in msg
+    monkeypatch.setenv("FFLAB_DATA_DIR", str(folder))
+    with pytest.raises(DataError, match=r"\(FFLAB_DATA_DIR\) has no mnist files(.|\n)*unset FFLAB_DATA_DIR"):
+        fetch_dataset()
+
+
+def test_implicit_sources_still_fall_back_with_a_warning(tmp_path, tiny_fashion):
+    """Without a named data dir, a bad system folder is skipped with a warning for the cache."""
+    write_set(tmp_path / "debian", tiny_fashion, gz=False)
+    fetch_dataset("fashion_mnist")  # cache built from the system folder
+    p = tmp_path / "debian" / "t10k-labels-idx1-ubyte"
+    p.write_bytes(p.read_bytes()[:-2])
+    with pytest.warns(RuntimeWarning, match=r"ignored files that failed a check:\n  system folder .*"
+                                            r"t10k-labels-idx1-ubyte: truncated(.|\n)*used: cache"):
+        got = fetch_dataset("fashion_mnist")
+    assert got.source.startswith("cache") and got.tried[0][0].startswith("system folder")
+    assert_same(got.arrays, tiny_fashion)
 
 
 def test_wrong_shape_is_an_error(tmp_path, tiny):
@@ -460,14 +571,17 @@ def test_safe_extract_accepts_a_normal_archive(tmp_path):
 # ---------------------------------------------------------------------------------- Fashion-MNIST
 @pytest.fixture
 def tiny_fashion(monkeypatch, tmp_path):
-    spec = replace(mnist.DATASETS["fashion_mnist"], n_train=12, n_test=6,
+    """A 12/6-image 'fashion_mnist' whose content MD5s are those of synthetic(seed=7); its .gz MD5s
+    stay Zalando's, which no file here has (like any recompressed copy)."""
+    arrays = synthetic(seed=7)
+    spec = replace(mnist.DATASETS["fashion_mnist"], n_train=12, n_test=6, md5_raw=raw_md5s(arrays),
                    system_dirs=(str(tmp_path / "debian"),))
     monkeypatch.setitem(mnist.DATASETS, "fashion_mnist", spec)
-    return synthetic(seed=7)
+    return arrays
 
 
 def test_fashion_from_system_folder_raw_files(tmp_path, tiny_fashion):
-    write_set(tmp_path / "debian", tiny_fashion, gz=False)  # raw: no published MD5, format checks only
+    write_set(tmp_path / "debian", tiny_fashion, gz=False)
     d = load_mnist("fashion_mnist")
     assert d["x_train"].shape == (12, 784)
     assert d["y_test"].tolist() == tiny_fashion["y_test"].tolist()
@@ -476,14 +590,69 @@ def test_fashion_from_system_folder_raw_files(tmp_path, tiny_fashion):
     assert "system folder" in got.origin
 
 
-def test_fashion_gz_checked_against_published_md5(tmp_path, tiny_fashion):
-    write_set(tmp_path / "d", tiny_fashion, gz=True)
+@pytest.mark.parametrize("dataset", ["mnist", "fashion_mnist"])
+@pytest.mark.parametrize("packing", ["gz_level_1", "gz_level_9", "gz_level_0", "raw", "mixed"])
+def test_correct_content_passes_however_compressed(tmp_path, tiny, tiny_fashion, dataset, packing):
+    """Only the uncompressed content is checked: a recompressed .gz (another level or mtime, like
+    Debian's dataset-fashion-mnist) or an uncompressed file passes; the .gz MD5 is never checked."""
+    arrays = tiny if dataset == "mnist" else tiny_fashion
+    folder = tmp_path / "d"
+    if packing == "mixed":
+        write_set(folder, arrays, gz=False)
+        for stem in ("train-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+            (folder / stem).unlink()
+        write_set(tmp_path / "gz", arrays, level=6)
+        for stem in ("train-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+            shutil.copy(tmp_path / "gz" / f"{stem}.gz", folder)
+    else:
+        write_set(folder, arrays, gz=packing != "raw",
+                  level=None if packing == "raw" else int(packing[-1]))
+    spec = mnist.DATASETS[dataset]
+    for stem, md5 in spec.md5_gz.items():  # the published .gz MD5s (Fashion) are not these files'
+        gz = folder / f"{stem}.gz"
+        assert not gz.exists() or hashlib.md5(gz.read_bytes()).hexdigest() != md5
+    got = fetch_dataset(dataset, data_dir=folder, download=False)
+    assert got.source == f"data dir {folder} (data_dir / --data-dir)"
+    assert_same(got.arrays, arrays)
+    assert got.tried == []
+
+
+def test_fashion_wrong_content_is_refused_with_expected_and_found(tmp_path, tiny_fashion):
+    bad = dict(tiny_fashion, y_train=(tiny_fashion["y_train"] + 1) % 10)  # valid labels, wrong ones
+    write_set(tmp_path / "d", bad, level=9)
+    expected = raw_md5s(tiny_fashion)["train-labels-idx1-ubyte"]
+    found = raw_md5s(bad)["train-labels-idx1-ubyte"]
     with pytest.raises(DataError) as e:
         fetch_dataset("fashion_mnist", data_dir=tmp_path / "d")
     msg = str(e.value)
-    assert "MD5 mismatch for train-images-idx3-ubyte.gz: expected 8d4fb7e6c68d591d4c3dfef9ec88bf0d" in msg
-    assert "1. system folder" in msg and "2. data dir" in msg and "3. cache" in msg
-    assert "raw.githubusercontent.com/zalandoresearch/fashion-mnist" in msg
+    assert msg.startswith(f"{tmp_path / 'd' / 'train-labels-idx1-ubyte.gz'}: MD5 mismatch for "
+                          f"train-labels-idx1-ubyte (uncompressed content): expected {expected}, "
+                          f"found {found}")
+    assert "could not get" not in msg and "no other source was tried" in msg
+    assert msg.endswith(f"or leave out data_dir / --data-dir (and FFLAB_DATA_DIR) to use "
+                        f"{tmp_path / 'debian'}, the cache and the HTTPS mirror.")
+
+
+def test_fashion_from_a_mirror_recompressed(tiny_fashion, monkeypatch):
+    served = {f"{STEMS[k]}.gz": gzip.compress(to_idx_bytes(v), compresslevel=9)
+              for k, v in tiny_fashion.items()}
+
+    class Resp(io.BytesIO):
+        headers: dict = {}
+
+    monkeypatch.setattr(sources, "urlopen", lambda req, timeout: Resp(served[req.full_url.rsplit("/", 1)[1]]))
+    got = fetch_dataset("fashion_mnist")
+    assert got.source.startswith("https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/")
+    assert_same(got.arrays, tiny_fashion)
+
+
+def test_real_content_md5s_are_pinned_for_both_datasets():
+    assert mnist.DATASETS["fashion_mnist"].md5_raw == {
+        "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+        "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
+        "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
+        "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965"}
+    assert mnist.DATASETS["mnist"].md5_raw["train-images-idx3-ubyte"] == "6bbc9ace898e44ae57da46a324031adb"
 
 
 def test_mnist_files_are_not_taken_for_fashion(tmp_path, tiny, tiny_fashion):
@@ -501,7 +670,7 @@ def test_published_md5s_are_well_formed():
     for spec in mnist.DATASETS.values():
         for md5 in (*spec.md5_raw.values(), *spec.md5_gz.values()):
             assert len(md5) == 32 and int(md5, 16) >= 0
-        assert set(spec.md5_raw) | set(spec.md5_gz) == set(STEMS.values())
+        assert set(spec.md5_raw) == set(STEMS.values())  # every file's content is checked
         assert all(u.startswith("https://") and u.endswith("/") for u in spec.mirrors)
 
 
@@ -521,6 +690,27 @@ def test_cli_fetch_failure_is_one_error_rc_2(capsys):
     assert cli_main(["data", "fetch", "mnist", "--no-download"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("fflab data: error: could not get mnist") and "Traceback" not in err
+
+
+def test_cli_fetch_bad_named_dir_is_rc_2_naming_the_file(tmp_path, tiny, fake_mirror, capsys, monkeypatch):
+    assert cli_main(["data", "fetch", "mnist"]) == 0  # a good cache, from the (fake) mirror
+    folder = write_set(tmp_path / "d", tiny, gz=False)
+    p = folder / "train-images-idx3-ubyte"
+    p.write_bytes(p.read_bytes()[:-784])
+    capsys.readouterr()
+    assert cli_main(["data", "fetch", "mnist", "--data-dir", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"fflab data: error: {p}: truncated: header says shape (12, 28, 28) of uint8 "
+                          f"-> expected {16 + 12 * 784} bytes, found {16 + 11 * 784} bytes")
+    assert "Traceback" not in err
+    monkeypatch.setenv("FFLAB_DATA_DIR", str(tmp_path / "nowhere"))
+    assert cli_main(["data", "fetch", "mnist"]) == 2
+    err = capsys.readouterr().err
+    assert f"data dir {tmp_path / 'nowhere'} (FFLAB_DATA_DIR) has no mnist files" in err
+    assert cli_main(["data", "info"]) == 0
+    out = capsys.readouterr().out
+    assert "mnist: cached (" in out
+    assert f"source: data dir {tmp_path / 'nowhere'} (FFLAB_DATA_DIR), alone" in out
 
 
 def test_import_is_light():

@@ -29,9 +29,10 @@ import dataclasses
 import pytest
 import torch
 
-from fflab.config import SupervisedFFConfig
+from fflab.experiments.supervised import SupervisedFFConfig
 from fflab.recipes import all_recipes
-from fflab.train import build_task, ff_predict
+from fflab.train import build_task
+from fflab.experiments.supervised import predict as ff_predict
 
 META = torch.device("meta")
 DEVICES = [META, *([torch.device("cuda")] if torch.cuda.is_available() else [])]
@@ -54,10 +55,10 @@ def _ready(cfg, device: torch.device):
     """``cfg`` without compile (``benchmarks/gpu_check.py`` covers it) and, on meta, without what
     meta cannot run (module docstring): bf16 autocast (the fused engine's bf16 is explicit casts
     and stays) and jitter."""
-    off = {"compile": False}
+    off = {"compile": "false"}
     if device == META:
         off["jitter"] = 0
-        if getattr(cfg, "dtype", "float32") == "bfloat16" and getattr(cfg, "engine", None) != "fused":
+        if getattr(cfg, "dtype", "float32") == "bfloat16" and getattr(cfg, "engine", None) != "shared":
             off["dtype"] = "float32"
     return dataclasses.replace(cfg, **{k: v for k, v in off.items() if hasattr(cfg, k)})
 
@@ -114,12 +115,12 @@ def test_meta_catches_what_it_is_here_for():
 
 
 SUPERVISED = [
-    dict(engine="fused", optimizer="adam"),
-    dict(engine="fused", optimizer="sgd"),               # fp32 SGD: update.ProductSGD
-    dict(engine="fused", optimizer="adam", dtype="bfloat16"),
-    dict(engine="fused", optimizer="sgd", dtype="bfloat16"),
-    dict(engine="fused", optimizer="adam", neutral_every=4),
-    dict(engine="fused", optimizer="adam", peer_norm=0.03, negatives="uniform"),
+    dict(engine="shared", optimizer="adam"),
+    dict(engine="shared", optimizer="sgd"),               # fp32 SGD: update.ProductSGD
+    dict(engine="shared", optimizer="adam", dtype="bfloat16"),
+    dict(engine="shared", optimizer="sgd", dtype="bfloat16"),
+    dict(engine="shared", optimizer="adam", neutral_every=4),
+    dict(engine="shared", optimizer="adam", peer_norm=0.03, negatives="uniform"),
     dict(engine="analytic", optimizer="adam"),
     dict(engine="analytic", optimizer="sgd", neutral_every=4, peer_norm=0.03),
     dict(engine="autograd", optimizer="adam"),
@@ -146,12 +147,13 @@ def test_supervised_predictions_are_device_clean(per_label_fused, device):
     task.train(False)
     preds = ff_predict(task.modules["net"], task.modules["head"], _mnist_like(16, device)["x_train"],
                        layers=list(range(cfg.eval_from_layer, 2)),
-                       per_label=True, chunk=8, fused=per_label_fused)
+                       per_label=True, chunk=8, shared=per_label_fused)
     assert set(preds) == {"goodness", "onepass"}
     assert all(p.device.type == device.type and p.shape == (16,) for p in preds.values())
 
 
-RECIPES = sorted(all_recipes())
+# Recipes that train through the loop (fast-learning has no training step).
+RECIPES = sorted(n for n, r in all_recipes().items() if type(r.config()).__name__ != "FastLearningConfig")
 
 
 @pytest.mark.parametrize("device", DEVICES, ids=str)
@@ -170,7 +172,7 @@ def test_compiled_update_makes_its_scalars_on_the_device(name):
     """``update.CompiledUpdate`` (compile=true with bf16) outside its compiled loop, which meta
     cannot run (recorded instead): the learning rate and Adam's bias corrections, made from the
     step counts where they live, with no host read, on the parameters' device."""
-    from fflab.update import CompiledUpdate
+    from fflab._engines.update import CompiledUpdate
     params = [torch.nn.Parameter(torch.zeros(6, 5, device=META)), torch.nn.Parameter(torch.zeros(6, device=META))]
     opt = (torch.optim.Adam(params, lr=1e-3) if name == "adam"
            else torch.optim.SGD(params, lr=1e-2, momentum=0.9, dampening=0.9))

@@ -4,7 +4,8 @@ import torch.nn.functional as F
 import pytest
 
 from fflab.hybrid import (compare_blur_passes, hybrid_negatives, make_masks, mean_run_length,
-                          negatives_gallery, neighbour_agreement)
+                          neighbour_agreement)
+from fflab.plot import negatives_gallery
 
 
 def gen(seed=0):

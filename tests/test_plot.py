@@ -15,6 +15,7 @@ pytest.importorskip("matplotlib")
 
 from fflab import plot  # noqa: E402
 from fflab.cli import plot as plot_cli  # noqa: E402
+from fflab.plot import _common  # noqa: E402
 from fflab.errors import CheckpointError, ConfigError  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -145,15 +146,38 @@ def test_plot_run_recurrent_iterations(tmp_path):
     assert_png(d / "iterations.png")
 
 
+def write_settling(d: Path, *, b: int = 6, n: int = 10, steps: int = 9, layers: int = 2) -> None:
+    """settling.safetensors as the recurrent experiment writes it: goodness (B, N, T+1, L)."""
+    from fflab.runs import SETTLING_FILE
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(b) % n
+    goodness = 5 + torch.rand(b, n, steps, layers, generator=g)
+    goodness[torch.arange(b), y] += torch.linspace(0, 2, steps)[:, None]   # the correct label settles higher
+    save_file({"goodness": goodness, "labels": y, "threshold": torch.full((layers,), 6.0),
+               "window": torch.tensor([3, 5]), "eval_layers": torch.arange(layers)},
+              str(d / SETTLING_FILE), metadata={"goodness": "sum_sq", "damping": "0.3"})
+
+
+def test_plot_run_recurrent_settling(tmp_path):
+    d = make_run(tmp_path, iterations=True, goodness=False)
+    assert plot.plot_settling(d) is None                     # no settling.safetensors yet
+    write_settling(d)
+    assert [p.name for p in plot.plot_run(d)] == ["curves.png", "iterations.png", "settling.png"]
+    assert_png(d / "settling.png")
+    (d / "settling.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="settling"):
+        plot.plot_settling(d)
+
+
 def test_iterations_absent_is_none(dense_run):
     assert plot.plot_iterations(dense_run) is None
 
 
 def test_curve_keys_keep_last_iteration_only():
     keys = ["test_error", "test_error_iter1", "test_error_iter10", "test_error_iter2", "train_error_iter3"]
-    assert plot._curve_keys(keys) == ["test_error", "train_error_iter3"]
-    assert plot._split_method("test_error_goodness") == ("test", "goodness")
-    assert plot._split_method("train_error") == ("train", "error")
+    assert _common._curve_keys(keys) == ["test_error", "train_error_iter3"]
+    assert _common._split_method("test_error_goodness") == ("test", "goodness")
+    assert _common._split_method("train_error") == ("train", "error")
 
 
 def test_compare(tmp_path):

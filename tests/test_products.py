@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from fflab import products
-from fflab.products import linear
+from fflab._engines import products
+from fflab._engines.products import linear
 
 
 def _operands(dtype, bias=True):
@@ -48,17 +48,20 @@ def test_linear_is_x_wt_plus_b(dtype, relu, bias):
 
 
 def test_oneDNN_and_addmm_paths_agree(monkeypatch):
-    """Both branches run here (``USE_ONEDNN`` off forces addmm) and give the same fp32 numbers."""
+    """Both branches run here (``use_onednn(False)`` forces addmm) and give the same fp32 numbers."""
     x, w, b = _operands(torch.float32)
     fast = linear(x, w, b, relu=True)
-    monkeypatch.setattr(products, "USE_ONEDNN", False)
-    plain = linear(x, w, b, relu=True)
+    calls = _count_addmm(monkeypatch)
+    with products.use_onednn(False):
+        plain = linear(x, w, b, relu=True)
+    assert calls == [1]                        # the context manager took the addmm path
     torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-6)
+    assert products.onednn_active() == products.ONEDNN_AVAILABLE   # and restored it after
 
 
 def test_torch_flag_turns_oneDNN_off(monkeypatch):
     """``torch.backends.mkldnn.enabled = False`` is honoured: the product goes through addmm."""
-    if not products.USE_ONEDNN:
+    if not products.ONEDNN_AVAILABLE:
         pytest.skip("this torch build has no oneDNN linear")
     calls = _count_addmm(monkeypatch)
     x, w, b = _operands(torch.float32)
@@ -91,7 +94,7 @@ def test_bf16_without_native_support_goes_through_addmm(monkeypatch):
     assert calls == [1]
     torch.testing.assert_close(out.double(), _reference(x, w, b, True), rtol=3e-2, atol=3e-2)
     linear(*_operands(torch.float32), relu=True)
-    assert calls == ([1] if products.USE_ONEDNN else [1, 1])
+    assert calls == ([1] if products.ONEDNN_AVAILABLE else [1, 1])
 
 
 @pytest.mark.needs_cxx_compiler
@@ -134,7 +137,7 @@ def test_differentiable_where_autograd_records_it():
 def test_analytic_update_through_oneDNN_equals_autograd(monkeypatch):
     """The engine end to end with every forward product on the oneDNN path (fp32, tiny net):
     the same FF gradients as autograd through the plain modules."""
-    from fflab.analytic import ff_backward
+    from fflab._engines.dense import ff_backward
     from fflab.nets import FFNet
     calls = _count_addmm(monkeypatch)
     torch.manual_seed(0)
@@ -145,7 +148,7 @@ def test_analytic_update_through_oneDNN_equals_autograd(monkeypatch):
     ref = [p.grad.clone() for p in net.parameters()]
     net.zero_grad(set_to_none=True)
     ff_backward(net, x_pn, 6)
-    if products.USE_ONEDNN:
+    if products.ONEDNN_AVAILABLE:
         assert calls == []   # no forward product went through addmm
     for p, g in zip(net.parameters(), ref):
         torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-6)

@@ -10,7 +10,7 @@ from fflab.config import apply_overrides
 from fflab.errors import ConfigError
 from fflab.readout import extract_features, fit_logistic, frozen_readout
 from fflab.train import fit
-from fflab.unsupervised import UnsupervisedFFConfig, build_net
+from fflab.experiments.unsupervised import UnsupervisedFFConfig, build_net
 
 
 def blobs(n, d=20, seed=0, noise=0.3):
@@ -94,7 +94,7 @@ def test_cli_refits_readout_without_touching_ff_weights(tmp_path, tiny_mnist, ca
 
 
 def test_cli_rejects_supervised_runs(tmp_path, tiny_mnist, capsys):
-    from fflab.config import SupervisedFFConfig
+    from fflab.experiments.supervised import SupervisedFFConfig
     cfg = apply_overrides(SupervisedFFConfig(), dict(hidden=(16, 16), epochs=1, batch_size=50,
                                                      train_eval_size=50, threads=1))
     fit(cfg, str(tmp_path / "s"), progress=False, log=lambda s: None)

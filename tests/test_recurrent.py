@@ -5,13 +5,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fflab import recurrent_fused, runs
-from fflab.config import apply_overrides, from_dict, to_dict
+from fflab import runs
+from fflab._engines import recurrent as recurrent_fused
+from fflab.config import apply_overrides, to_dict
+from fflab.experiments import config_from_dict as from_dict
 from fflab.errors import ConfigError
 from fflab.layers import normalize
 from fflab.recipes import get_recipe
-from fflab.recurrent import (SETTLING_FILE, RecurrentFFConfig, RecurrentFFNet, label_goodness, plot_settling,
-                             predict, save_settling)
+from fflab.experiments.recurrent import (SETTLING_FILE, RecurrentFFConfig, RecurrentFFNet, label_goodness,
+                                        predict, save_settling)
+from fflab.plot import plot_settling
 from fflab.train import build_task, evaluate_run, fit
 
 SMALL = dict(hidden=(32, 32), iterations=4, eval_window=(2, 3), epochs=2, batch_size=50, train_eval_size=100,
@@ -238,11 +241,11 @@ def test_fused_label_goodness_equals_plain(hidden):
     torch.manual_seed(1)
     net = RecurrentFFNet(20, hidden, 10)
     x = torch.rand(7, 20)
-    plain = label_goodness(net, x, 4, fused=False)
+    plain = label_goodness(net, x, 4, shared=False)
     torch.testing.assert_close(label_goodness(net, x, 4, chunk=3), plain, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("engine", ["fused", "autograd"])
+@pytest.mark.parametrize("engine", ["shared", "autograd"])
 def test_engines_train_alike(tmp_path, tiny_mnist, engine):
     res = quiet(small_cfg(engine=engine, epochs=2, lr=3e-3), tmp_path / engine)
     assert res["test_error_goodness"] < 0.4, res

@@ -7,13 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 
-import fflab.sequences as seq
+import fflab.experiments.sequences as seq
 from fflab import runs
-from fflab.config import apply_overrides, from_dict, to_dict
+from fflab.config import apply_overrides, to_dict
+from fflab.experiments import config_from_dict as from_dict
 from fflab.errors import ConfigError
 from fflab.nets import FFNet
 from fflab.recipes import all_recipes
-from fflab.sequences import (CONTEXT, IN_FEATURES, NUM_SYMBOLS, SequenceBPConfig, SequenceFFConfig,
+from fflab.experiments.sequences import (CONTEXT, IN_FEATURES, NUM_SYMBOLS, SequenceBPConfig, SequenceFFConfig,
                              candidate_goodness, contexts, encode_cases, generate, phase_schedule,
                              sample_candidates, teacher_negatives)
 from fflab.train import build_task, evaluate_run, fit
@@ -294,6 +295,7 @@ def test_results_table(tmp_path, fake_aesop):
     fit(ff_cfg(sleep_k=1, train_subset=4, train_eval_size=4), str(tmp_path / "k1"), recipe="seq-sleep-k1", **QUIET)
     bp = apply_overrides(SequenceBPConfig(), dict(hidden=(8,), epochs=1, train_subset=4, threads=1))
     fit(bp, str(tmp_path / "bp"), **QUIET)
-    table = seq.results_table([str(tmp_path / "k1"), str(tmp_path / "bp")]).splitlines()
+    from fflab.report import results_table
+    table = results_table([str(tmp_path / "k1"), str(tmp_path / "bp")]).splitlines()
     assert len(table) == 4 and table[0].startswith("| run |")
     assert "| k1 | seq-sleep-k1 | teacher | 1 |" in table[2] and "| bp | - | bp |" in table[3]

@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from fflab import runs
-from fflab.config import BPConfig, SupervisedFFConfig, apply_overrides
+from fflab.config import apply_overrides
+from fflab.experiments.backprop import BPConfig
+from fflab.experiments.supervised import SupervisedFFConfig
 from fflab.errors import CheckpointError, ConfigError
 from fflab.train import evaluate_run, fit
 
@@ -28,8 +30,8 @@ def test_run_folder_contents(tmp_path, tiny_mnist):
             "wall_time_s"} <= set(res)
     assert "torch" in json.loads((d / "env.json").read_text())
     # the engine engine=auto resolved to is printed and kept with the numbers
-    assert json.loads((d / "results.json").read_text())["engine"] == res["engine"] == "fused"
-    assert said[0] == "engine fused"
+    assert json.loads((d / "results.json").read_text())["engine"] == res["engine"] == "shared"
+    assert said[0] == "engine shared | compile false"
     # the synthetic task is easy: FF must learn it
     assert res["test_error_goodness"] < 0.6 and res["test_error_onepass"] < 0.2
 
@@ -44,9 +46,9 @@ def test_same_seed_same_numbers(tmp_path, tiny_mnist):
 
 
 @pytest.mark.parametrize("extra", [
-    {}, {"neutral_every": 3, "engine": "fused"},
-    {"engine": "fused", "optimizer": "sgd"},    # the net steps via ProductSGD
-    pytest.param({"engine": "fused", "compile": True, "dtype": "bfloat16"},
+    {}, {"neutral_every": 3, "engine": "shared"},
+    {"engine": "shared", "optimizer": "sgd"},    # the net steps via ProductSGD
+    pytest.param({"engine": "shared", "compile": "true", "dtype": "bfloat16"},
                  marks=pytest.mark.needs_cxx_compiler)])
 def test_resume_equals_uninterrupted(tmp_path, tiny_mnist, extra):
     # neutral_every > 1 keeps cached per-image probabilities, which must survive the checkpoint too;
@@ -151,14 +153,16 @@ def test_out_of_range_values_are_clear_errors(override, says):
 def test_bad_values_found_when_the_net_is_built_are_config_errors(override, says):
     """Checked by the layers (ValueError) or torch (RuntimeError), not by the config: still one
     ConfigError naming the key, which the command line prints as one line."""
-    from fflab.train import build_task, resolve_device
+    from fflab.train import build_task
+    from fflab.runtime import resolve_device
     cfg = apply_overrides(SupervisedFFConfig(hidden=(40, 40)), [override])
     with pytest.raises(ConfigError, match=says):
         build_task(cfg, resolve_device(cfg.device))
 
 
 def test_range_check_covers_every_config_kind_and_config_json():
-    from fflab.config import from_dict, to_dict
+    from fflab.config import to_dict
+    from fflab.experiments import config_from_dict as from_dict
     from fflab.recipes import all_recipes
     for r in all_recipes().values():   # every recipe's own config is in range
         for quick in (False, True):
@@ -174,8 +178,8 @@ def test_nan_loss_is_a_clear_error(tmp_path, tiny_mnist):
         fit(small_cfg(epochs=1, optimizer="sgd", lr=1e30), str(tmp_path / "n"), progress=False, log=lambda s: None)
 
 
-@pytest.mark.parametrize("engine, optimizer", [("autograd", "adam"), ("fused", "adam"),
-                                               ("fused", "sgd")])   # fused + sgd: ProductSGD
+@pytest.mark.parametrize("engine, optimizer", [("autograd", "adam"), ("shared", "adam"),
+                                               ("shared", "sgd")])   # shared + sgd: ProductSGD
 def test_engines_train_like_analytic(tmp_path, tiny_mnist, engine, optimizer):
     ref = fit(small_cfg(epochs=1, engine="analytic", optimizer=optimizer), str(tmp_path / "a"), progress=False,
               log=lambda s: None)
@@ -191,8 +195,9 @@ def test_engines_train_like_analytic(tmp_path, tiny_mnist, engine, optimizer):
 def test_fused_fp32_sgd_steps_through_product_sgd_when_it_can(momentum):
     """Momentum SGD takes its weight gradients as products (update.ProductSGD); without momentum
     (nothing to fold them into) the task steps through torch's SGD instead of failing."""
-    from fflab import train, update
-    task = train.build_task(small_cfg(engine="fused", optimizer="sgd", momentum=momentum), torch.device("cpu"))
+    from fflab import train
+    from fflab._engines import update
+    task = train.build_task(small_cfg(engine="shared", optimizer="sgd", momentum=momentum), torch.device("cpu"))
     calls = []
     real = update.ProductSGD.step
     update.ProductSGD.step = lambda self, grads: (calls.append(len(grads)), real(self, grads))[1]
@@ -207,7 +212,7 @@ def test_fused_fp32_sgd_steps_through_product_sgd_when_it_can(momentum):
 
 
 def test_bf16_runs(tmp_path, tiny_mnist):
-    for engine in ("analytic", "fused", "autograd"):
+    for engine in ("analytic", "shared", "autograd"):
         res = fit(small_cfg(epochs=1, dtype="bfloat16", engine=engine), str(tmp_path / engine),
                   progress=False, log=lambda s: None)
         assert res["test_error_onepass"] < 0.5
@@ -219,15 +224,16 @@ def test_resume_of_finished_run_is_a_clear_error(tmp_path, tiny_mnist):
         fit(small_cfg(epochs=1), str(tmp_path / "r"), resume=True, progress=False, log=lambda s: None)
 
 
-@pytest.mark.parametrize("engine", ["fused", "analytic", "autograd"])
+@pytest.mark.parametrize("engine", ["shared", "analytic", "autograd"])
 def test_neutral_every_skips_the_neutral_pass_and_uses_cached_probabilities(engine, monkeypatch):
     from fflab import train
+    from fflab.experiments import supervised
     cfg = small_cfg(neutral_every=3, engine=engine)
     task = train.build_task(cfg, torch.device("cpu"))
     head = task.modules["head"]
     seen = []
-    real = train.hard_wrong_labels
-    monkeypatch.setattr(train, "hard_wrong_labels", lambda p, y, generator: seen.append(p.clone()) or real(p, y, generator=generator))
+    real = supervised.hard_wrong_labels
+    monkeypatch.setattr(supervised, "hard_wrong_labels", lambda p, y, generator: seen.append(p.clone()) or real(p, y, generator=generator))
     g = torch.Generator().manual_seed(0)
     x, y = torch.rand(6, 784), torch.arange(6) % 10
     idx = torch.arange(6)
@@ -255,7 +261,7 @@ def test_sgd_is_fused_and_keeps_the_official_smoothing():
     the official update from the first step on: buffer = 0.9 buffer + 0.1 (grad + wd w), starting
     at 0 (torch's own first step would copy the gradient in undamped: a 10 x larger step),
     w -= lr buffer."""
-    from fflab.train import make_optimizer
+    from fflab.optim import make_optimizer
     w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
     opt = make_optimizer([w], name="sgd", lr=0.5, momentum=0.9, weight_decay=0.1)
     assert opt.param_groups[0]["fused"]
@@ -276,22 +282,23 @@ def test_sgd_is_fused_and_keeps_the_official_smoothing():
 
 def test_compile_needs_the_fused_engine():
     from fflab import train
-    with pytest.raises(ConfigError, match="compile=true applies to engine=fused"):
-        train.build_task(small_cfg(compile=True, engine="analytic"), torch.device("cpu"))
+    with pytest.raises(ConfigError, match="compile=true applies to engine=shared"):
+        train.build_task(small_cfg(compile="true", engine="analytic"), torch.device("cpu"))
 
 
 def test_compile_without_a_cxx_compiler_is_a_clear_error(monkeypatch):
-    from fflab import analytic, train
-    monkeypatch.setattr(analytic.shutil, "which", lambda name: None)
+    from fflab import train
+    from fflab._engines import compiled
+    monkeypatch.setattr(compiled.shutil, "which", lambda name: None)
     with pytest.raises(ConfigError, match="C\\+\\+ compiler"):
-        train.build_task(small_cfg(compile=True, engine="fused"), torch.device("cpu"))
+        train.build_task(small_cfg(compile="true", engine="shared"), torch.device("cpu"))
 
 
 @pytest.mark.parametrize("native", [False, True])
 def test_bf16_on_a_cpu_without_native_bf16_warns(native, monkeypatch, recwarn):
     """An AVX2-only CPU runs bf16 products 10-80 x slower than fp32: building such a run says so
     (and only then: fp32, or a CPU with native bf16, builds quietly)."""
-    from fflab import products
+    from fflab._engines import products
     from fflab.errors import SlowDtypeWarning
     from fflab.train import build_task
     monkeypatch.setattr(products, "NATIVE_BF16", native)
@@ -306,21 +313,21 @@ def test_bf16_on_a_cpu_without_native_bf16_warns(native, monkeypatch, recwarn):
             build_task(SupervisedFFConfig(hidden=(8, 8), dtype="bfloat16"), cpu)
 
 
-def test_engine_auto_is_the_fused_engine_where_the_net_allows_it():
+def test_engine_auto_is_the_shared_engine_where_the_net_allows_it():
     """engine=auto picks the fastest engine that supports the net: fused for dense layers
     (BENCHMARKS.md, thirteenth session), autograd for layers the analytic engines do not
     differentiate (here local receptive fields)."""
     from fflab.local import FFLocal
     from fflab.nets import FFNet
-    from fflab.train import choose_engine
+    from fflab._engines.supervised import choose_engine
     dense = FFNet.dense(784, [8, 8])
-    assert choose_engine("auto", dense) == "fused"
+    assert choose_engine("auto", dense) == "shared"
     assert choose_engine("analytic", dense) == "analytic"
     other = FFNet([FFLocal((1, 28, 28), units_per_location=2, patch=5, stride=5)])   # local receptive fields
     assert choose_engine("auto", other) == "autograd"
-    with pytest.raises(ConfigError, match="engine=fused needs dense layers"):
-        choose_engine("fused", other)
-    with pytest.raises(ConfigError, match="choose auto, analytic, fused or autograd"):
+    with pytest.raises(ConfigError, match="engine=shared needs dense layers"):
+        choose_engine("shared", other)
+    with pytest.raises(ConfigError, match="choose auto, shared, analytic or autograd"):
         choose_engine("fast", dense)
 
 
@@ -329,8 +336,8 @@ def test_dtype_auto_is_bf16_only_where_the_device_has_it(native, monkeypatch, tm
     """dtype=auto runs bf16 products on a device that multiplies bf16 natively and fp32 elsewhere
     (where bf16 is 10-80 x slower); the run folder records the dtype it used, so that a resume on
     another machine continues it alike."""
-    from fflab import products
-    from fflab.train import concrete_dtype
+    from fflab._engines import products
+    from fflab.runtime import concrete_dtype
     # what the device can do, as dtype=auto sees it (the products keep this CPU's real paths)
     monkeypatch.setattr(products, "native_bf16", lambda device: native)
     cpu = torch.device("cpu")

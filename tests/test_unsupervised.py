@@ -5,12 +5,13 @@ import pytest
 import torch
 
 from fflab import runs
-from fflab.config import apply_overrides, from_dict, to_dict
+from fflab.config import apply_overrides, to_dict
+from fflab.experiments import config_from_dict as from_dict
 from fflab.errors import ConfigError
 from fflab.local import FFLocal, MNIST_LOCAL_LAYERS
 from fflab.recipes import get_recipe
 from fflab.train import build_task, evaluate_run, fit
-from fflab.unsupervised import UnsupervisedFFConfig, build_net
+from fflab.experiments.unsupervised import UnsupervisedFFConfig, build_net
 
 CPU = torch.device("cpu")
 SMALL = dict(hidden=(24, 24, 24, 24), epochs=2, batch_size=50, train_eval_size=100, threads=1)
@@ -51,7 +52,7 @@ def test_ff_layers_never_see_labels_or_readout(arch):
     settings: the readout sends no gradient down and the negatives use no labels."""
     x, y = batch(40)
     finals = []
-    for labels, overrides in ((y, {}), (y.flip(0), {}), (y, dict(readout_layers=(0,), readout_lr=1.0,
+    for labels, overrides in ((y, {}), (y.flip(0), {}), (y, dict(readout_layers=(0,), head_lr=1.0,
                                                                   readout_all_layers=False))):
         task = build_task(small_cfg(**arch, **overrides), CPU)
         g = torch.Generator().manual_seed(3)
@@ -175,7 +176,7 @@ def test_plots_read_local_run(tmp_path, tiny_mnist):
 
 def test_dead_units_counts_units_never_active():
     from fflab.nets import FFNet
-    from fflab.unsupervised import dead_units
+    from fflab.experiments.unsupervised import dead_units
     torch.manual_seed(0)
     net = FFNet.dense(784, [10, 8])
     with torch.no_grad():

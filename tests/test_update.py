@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from fflab.update import CompiledUpdate, GradProduct, ProductSGD
+from fflab._engines.update import CompiledUpdate, GradProduct, ProductSGD
 
 
 OPTIMIZERS = {

@@ -5,7 +5,7 @@ Public API re-exported here; the core import stays light (no matplotlib).
 __version__ = "0.1.0"
 
 from .errors import CheckpointError, ConfigError, DataError, FFLabError, TrainingDiverged
-from .goodness import ff_loss, mean_of_squares, min_sum_of_squares, p_positive, sum_of_squares
+from .objective import ff_loss, mean_of_squares, min_sum_of_squares, p_positive, sum_of_squares
 from .layers import FFDense, FFLayer, normalize
 from .nets import CNN, FFNet, SoftmaxHead, mlp
 from .negatives import hard_wrong_labels, overlay_label, uniform_wrong_labels

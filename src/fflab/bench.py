@@ -1,4 +1,4 @@
-"""Speed benchmark: FF training against the machine's own matmul throughput (issue 3).
+"""Speed benchmark: FF training against the machine's own matmul throughput (paper section 2).
 
 FF's cost is almost all dense products: per training image, a neutral pass (for the one-pass
 head and hard negatives), a positive and a negative pass, and one weight-gradient product per
@@ -8,11 +8,12 @@ the same shapes, made with the calls the engine makes (``products.linear`` forwa
 weight gradients), so the ratio measures the engine and not the choice of library. Warm-up is
 excluded; each measurement is repeated and we report median and spread. The raw products, the
 FF steps and the BP steps are timed in turns, and each ratio (FF / raw, FF / BP) is the median
-over turns of the two rates measured side by side, which a drifting shared VM cannot skew the way
-two medians taken minutes apart can.
+over turns of the two rates measured side by side, which a machine whose speed drifts cannot
+skew the way two medians taken minutes apart can.
 """
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 
@@ -20,9 +21,12 @@ from typing import Any, Callable
 
 import torch
 
-from .config import BPConfig, SupervisedFFConfig
-from . import products
-from .train import build_task, concrete_dtype, ff_predict, resolve_device
+from . import runtime
+from ._engines import products
+from .experiments.backprop import BPConfig
+from .experiments.supervised import SupervisedFFConfig, predict
+from .runtime import Runtime
+from .train import build_task
 
 
 def _sync(device: torch.device | None) -> None:
@@ -52,7 +56,7 @@ def _interleaved(fns: dict[str, Callable[[], Any]], *, reps: int,
                  device: torch.device | None = None) -> dict[str, list[float]]:
     """Seconds per call of each of ``fns``, timed in turns (a, b, a, b, ...) after one warm-up
     call each, so that the machine's slow and fast periods (a shared VM drifts by 10-50% within
-    minutes) fall on every function alike and the i-th times of two functions can be paired."""
+    minutes on a shared machine) fall on every function alike and the i-th times of two functions can be paired."""
     for fn in fns.values():
         fn()
     out: dict[str, list[float]] = {k: [] for k in fns}
@@ -76,11 +80,11 @@ def forward_macs(sizes: list[int]) -> int:
 def ff_flops_per_image(sizes: list[int], *, engine: str, neutral_every: int) -> float:
     """The products supervised FF needs per training image: the neutral pass (on 1 step in
     ``neutral_every``), the positive and negative passes, and one weight gradient for each of the
-    two (no input gradient: nothing crosses a layer). The fused engine makes the first layer's
+    two (no input gradient: nothing crosses a layer). The shared engine makes the first layer's
     image product once forward and once for its update."""
     macs, first = forward_macs(sizes), sizes[0] * sizes[1]
     per_layer = 4 + 1 / neutral_every
-    return 2 * (per_layer * macs if engine != "fused" else 2 * first + per_layer * (macs - first))
+    return 2 * (per_layer * macs if engine != "shared" else 2 * first + per_layer * (macs - first))
 
 
 def matmul_throughput(sizes: list[int], batch: int, dtype: torch.dtype, *, reps: int, iters: int = 5,
@@ -120,10 +124,12 @@ def _synthetic(n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor
     return x.to(device), y.to(device)
 
 
-def training_loop(cfg: Any, steps: int) -> tuple[Any, Callable[[], None]]:
-    """A task of ``cfg`` and a function running ``steps`` training steps on synthetic MNIST-shaped data."""
-    device = resolve_device(cfg.device)
-    task = build_task(cfg, device)
+def training_loop(cfg: Any, steps: int, rt: Runtime | None = None) -> tuple[Any, Callable[[], None]]:
+    """A task of ``cfg`` on ``rt`` (None: resolved from the config) and a function running
+    ``steps`` training steps on synthetic MNIST-shaped data."""
+    rt = rt or runtime.resolve(cfg, set_threads=False)
+    device = rt.device
+    task = build_task(cfg, rt)
     task.train(True)
     b = cfg.batch_size
     x, y = _synthetic(steps * b, device)
@@ -143,58 +149,40 @@ def training_loop(cfg: Any, steps: int) -> tuple[Any, Callable[[], None]]:
     return task, run
 
 
-def update_cost_ms(cfg: Any, *, steps: int, reps: int) -> float:
+def update_cost_ms(cfg: Any, *, steps: int, reps: int, rt: Runtime | None = None) -> float:
     """What the optimizer updates cost per step *in place*: the median over repetitions of
-    (time of ``steps`` full steps - time of the same steps with every optimizer's ``step`` a
-    no-op) / steps, in ms. The two kinds alternate on one task so that the machine's drift
-    cancels in each pair. In place matters: the updates' passes over weights, gradients and
-    optimizer state also evict the products' operands from cache, which timing ``opt.step()``
-    alone would miss. ``update.ProductSGD`` (fp32 SGD) makes the weight gradients inside its
-    step; its no-op still makes them, as plain products, and skips only the update."""
-    # compile=true with bf16 steps the net through CompiledUpdate, fp32 SGD through ProductSGD
-    from .update import CompiledUpdate, GradProduct, ProductSGD
-    task, run = training_loop(cfg, steps)
-    real = {k: opt.step for k, opt in task.optimizers.items()}
-    real_steps = CompiledUpdate.step, ProductSGD.step
-
-    def products_only(self, grads) -> None:
-        for g in grads:
-            if isinstance(g, GradProduct):
-                g.materialize()
+    (time of ``steps`` full steps - time of the same steps inside the engine's
+    ``without_update()``) / steps, in ms. The two kinds alternate on one task so that the
+    machine's drift cancels in each pair. In place matters: the updates' passes over weights,
+    gradients and optimizer state also evict the products' operands from cache, which timing
+    ``opt.step()`` alone would miss."""
+    task, run = training_loop(cfg, steps, rt)
 
     def no_update() -> None:
-        for opt in task.optimizers.values():
-            opt.step = lambda *args, **kwargs: None   # instance attribute, removed below
-        CompiledUpdate.step = lambda self, grads: None
-        ProductSGD.step = products_only
-        try:
+        with task.engine.without_update():
             run()
-        finally:
-            for opt in task.optimizers.values():
-                del opt.step
-            CompiledUpdate.step, ProductSGD.step = real_steps
 
     run()   # warm-up (and compilation, if any)
     diffs = []
     for _ in range(reps):
         full, skipped = _timeit(run, reps=1, warmup=0)[0], _timeit(no_update, reps=1, warmup=0)[0]
         diffs.append((full - skipped) / steps * 1e3)
-    assert all(opt.step == real[k] for k, opt in task.optimizers.items())
-    assert (CompiledUpdate.step, ProductSGD.step) == real_steps
     return statistics.median(diffs)
 
 
-def eval_throughput(cfg: SupervisedFFConfig, *, n: int, reps: int) -> dict[str, dict[str, float]]:
-    device = resolve_device(cfg.device)
-    task = build_task(cfg, device)
+def eval_throughput(cfg: SupervisedFFConfig, *, n: int, reps: int,
+                    rt: Runtime | None = None) -> dict[str, dict[str, float]]:
+    rt = rt or runtime.resolve(cfg, set_threads=False)
+    device = rt.device
+    task = build_task(cfg, rt)
     task.train(False)
     net, head = task.modules["net"], task.modules["head"]
     layers = list(range(cfg.eval_from_layer, len(cfg.hidden)))
     x, _ = _synthetic(n, device)
     out = {}
     for name, per_label, h in (("per_label", True, None), ("one_pass", False, head)):
-        out[name] = _summary(_timeit(lambda: ff_predict(net, h, x, layers=layers, per_label=per_label,
-                                                        dtype=cfg.dtype), reps=reps, device=device), n)
+        out[name] = _summary(_timeit(lambda: predict(net, h, x, layers=layers, per_label=per_label, rt=rt),
+                                     reps=reps, device=device), n)
     return out
 
 
@@ -203,31 +191,32 @@ def run_benchmark(hidden: tuple[int, ...] = (1000, 1000, 1000), *, batch_size: i
                   device: str = "auto", engine: str = "auto", neutral_every: int = 1,
                   optimizer: str = "adam", compile: bool = False,
                   epoch_images: int = 60000) -> dict[str, Any]:
-    """All five measurements of issue 3 for one network; returns a JSON-able dict."""
+    """The five measurements (a)-(e) for one network; returns a JSON-able dict."""
     from .runs import environment
     sizes = [784, *hidden]
     macs = forward_macs(sizes)
-    dev = resolve_device(device)
-    dtype = concrete_dtype(dtype, dev)   # dtype=auto: what a run on this device would use
     ff_cfg = SupervisedFFConfig(hidden=hidden, batch_size=batch_size, dtype=dtype, negatives=negatives,
                                 device=device, engine=engine, neutral_every=neutral_every,
-                                optimizer=optimizer, compile=compile)
+                                optimizer=optimizer, compile="true" if compile else "false")
+    rt = runtime.resolve(ff_cfg, set_threads=False)   # dtype=auto: what a run here would use
+    dev, dtype = rt.device, rt.dtype
+    ff_cfg = dataclasses.replace(ff_cfg, dtype=dtype)
     bp_cfg = BPConfig(hidden=hidden, batch_size=batch_size, dtype=dtype, device=device, optimizer=optimizer)
     res: dict[str, Any] = {"env": environment(), "hidden": list(hidden), "batch_size": batch_size,
                            "dtype": dtype, "negatives": negatives, "engine": engine, "neutral_every": neutral_every,
                            "optimizer": optimizer, "compile": compile, "steps": steps, "reps": reps,
                            # which library the FF forward products (and the raw reference) used
                            "forward_products": (f"oneDNN linear from {products.MIN_ONEDNN_MACS} multiply-adds up"
-                                                if products.USE_ONEDNN and dev.type == "cpu"
+                                                if products.onednn_active() and dev.type == "cpu"
                                                 else "torch.addmm")}
     # (a), (b) and (d) in turns, rep by rep, so that the ratios (c) and FF / BP pair rates
-    # measured side by side: on a drifting VM, two medians taken minutes apart can disagree by
-    # 2 x for one configuration (BENCHMARKS.md, thirteenth session).
-    task, ff_run = training_loop(ff_cfg, steps)
+    # measured side by side: on a shared machine, two medians taken minutes apart can disagree
+    # by 2 x for one configuration.
+    task, ff_run = training_loop(ff_cfg, steps, rt)
     res["engine"] = task.info.get("engine", engine)   # what engine=auto resolved to
     res["engine_requested"] = engine
     raw_run, raw_flops = raw_products(sizes, batch_size, getattr(torch, dtype), device=dev)
-    _, bp_run = training_loop(bp_cfg, steps)
+    _, bp_run = training_loop(bp_cfg, steps, rt)
     times = _interleaved({"raw": raw_run, "ff": ff_run, "bp": bp_run}, reps=reps, device=dev)
     other = "bfloat16" if dtype == "float32" else "float32"
     res["matmul_gflops"] = {dtype: _summary(times["raw"], raw_flops / 1e9),
@@ -249,7 +238,7 @@ def run_benchmark(hidden: tuple[int, ...] = (1000, 1000, 1000), *, batch_size: i
     # updates (measured in place), and the rest (elementwise work, sampling, dispatch).
     step_ms = batch_size / ff["median"] * 1e3
     products_ms = batch_size * flops_per_image / (raw * 1e9) * 1e3
-    update_ms = update_cost_ms(ff_cfg, steps=steps, reps=reps)
+    update_ms = update_cost_ms(ff_cfg, steps=steps, reps=reps, rt=rt)
     res["ff_step_ms"] = {"total": step_ms, "products_at_raw_rate": products_ms, "optimizer_update": update_ms,
                          "rest": step_ms - products_ms - update_ms}
     bp = _summary(times["bp"], steps * batch_size)
@@ -259,7 +248,7 @@ def run_benchmark(hidden: tuple[int, ...] = (1000, 1000, 1000), *, batch_size: i
     # FF's time over BP's in the same turn (the same steps and batch)
     res["ff_over_bp_paired"] = _summary([t_bp / t_ff for t_ff, t_bp in zip(times["ff"], times["bp"])], 1.0)
     res["ff_over_bp_time_per_epoch"] = res["ff_over_bp_paired"]["median"]
-    res["eval_images_per_s"] = eval_throughput(ff_cfg, n=2000, reps=max(2, reps // 2))
+    res["eval_images_per_s"] = eval_throughput(ff_cfg, n=2000, reps=max(2, reps // 2), rt=rt)
     return res
 
 

@@ -1,4 +1,7 @@
-"""Run configurations: one frozen dataclass per kind of run, and type-checked overrides.
+"""Run configurations: field groups shared by every kind of run, and type-checked overrides.
+
+Each kind of run (``fflab.experiments``) declares one frozen dataclass made of the groups below
+and its own keys.
 
 ``apply_overrides(cfg, ["lr=0.01", "hidden=1000,1000"])`` returns a new config; an unknown key
 is a ConfigError that names it and lists the valid keys, a value of the wrong type names the
@@ -28,8 +31,8 @@ for _keys, _ok, _says in (
           "hidden", "units_per_location", "patch", "stride"), lambda v: v >= 1, ">= 1"),
         (("train_subset", "test_subset", "train_eval_size", "jitter", "threads", "block_size",
           "blur_passes", "sleep_k", "sleep_stop_epoch", "eval_from_layer", "padding",
-          "readout_layers", "eval_window", "lr", "head_lr", "readout_lr", "weight_decay",
-          "head_weight_decay", "readout_weight_decay", "peer_norm", "temperature", "target_goodness"),
+          "readout_layers", "eval_window", "lr", "head_lr", "weight_decay",
+          "head_weight_decay", "peer_norm", "temperature", "target_goodness"),
          lambda v: v >= 0, ">= 0"),
         (("momentum", "dropout"), lambda v: 0 <= v < 1, "in [0, 1)"),
         (("damping",), lambda v: 0 <= v <= 1, "in [0, 1]")):
@@ -50,75 +53,98 @@ def check_ranges(cfg: Any) -> None:
                 raise ConfigError(f"{f.name}={value!r}: must be {says}")
 
 
+# ----------------------------------------------------------------------------- field groups
+# Each group is declared once and shared by every kind of run that has those keys; a kind's
+# config is a frozen dataclass made of the groups it needs plus its own keys. ``groups(cfg)``
+# tells which group a key belongs to (``fflab recipes NAME`` prints them that way).
+
 @dataclass(frozen=True)
-class CommonConfig:
-    """Keys every run shares (and the range check of every config kind: ``check_ranges``)."""
+class RunFields:
+    """What to train on, for how long, with which seed, and how often to evaluate."""
     dataset: str = "mnist"
     epochs: int = 10
     batch_size: int = 100
     seed: int = 0
-    device: str = "auto"          # auto | cpu | cuda | cuda:N
-    dtype: str = "float32"        # float32 | bfloat16 (autocast forward, fp32 master weights) | auto
-                                  # (bfloat16 where the device multiplies bf16 natively, else float32)
     train_subset: int = 0         # use only the first N training images (0 = all); quick modes
     test_subset: int = 0          # evaluate on the first N test images (0 = all)
     train_eval_size: int = 10000  # training images used to measure train error each evaluation
     eval_every: int = 1           # evaluate every N epochs (and always after the last)
-    jitter: int = 0               # random shifts of up to N pixels each way (paper section 4)
-    threads: int = 0              # torch CPU threads (0 = torch default)
+    jitter: int = 0               # random shifts of up to N pixels each way (paper section 3.3)
 
     def __post_init__(self) -> None:
         check_ranges(self)
 
 
 @dataclass(frozen=True)
-class SupervisedFFConfig(CommonConfig):
-    """Supervised FF with the label in the first pixels (paper section 3.3)."""
-    hidden: tuple[int, ...] = (2000, 2000, 2000, 2000)
-    goodness: str = "ssq"                 # ssq | min_ssq | mean_ssq
-    threshold: float | None = None        # None: mean-square 1 per unit (official code)
-    peer_norm: float = 0.0                # official code 0.03
-    negatives: str = "hard"               # hard | uniform
-    optimizer: str = "adam"               # adam | sgd (sgd: official EMA smoothing, dampening=momentum)
-    lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    lr_schedule: str = "linear_half"      # linear_half (official: decay to ~0 over 2nd half) | cosine | constant
-    head_lr: float = 1e-3
-    head_weight_decay: float = 0.0
-    eval_from_layer: int = 1              # evaluations use hidden layers [eval_from_layer:] (paper: skip the first)
-    per_label_eval: bool = True           # per-label goodness test (10 passes); one-pass is always run
-    block_size: int = 0                   # block goodness (paper section 7): units per block, 0 = whole layer
-    engine: str = "auto"                  # auto (= fused when the net allows, else autograd) | analytic | fused | autograd
-                                          # fused: analytic + one shared first-layer image product
-    neutral_every: int = 1                # run the neutral-label pass on every k-th step only; other steps
-                                          # draw hard negatives from each image's cached probabilities
-    compile: bool = False                 # engine=fused only: torch.compile its update and neutral pass (fuses
-                                          # the elementwise work between products; with bf16 also the optimizer
-                                          # step with the bf16 weight copies; needs a C++ compiler on CPU;
-                                          # BENCHMARKS.md)
+class RuntimeFields:
+    """Where and how the arithmetic runs. These keys change a run's numbers by rounding only."""
+    device: str = "auto"          # auto | cpu | cuda | cuda:N
+    dtype: str = "float32"        # float32 | bfloat16 (bf16 products, fp32 master weights) | auto
+                                  # (bfloat16 where the device multiplies bf16 natively, else float32)
+    threads: int = 0              # torch CPU threads (0 = torch default)
 
 
 @dataclass(frozen=True)
-class BPConfig(CommonConfig):
-    """Backprop baselines in the same harness (SPEC section 2)."""
-    model: str = "mlp"                    # mlp | cnn
-    hidden: tuple[int, ...] = (1000, 1000, 1000)
-    optimizer: str = "adam"
+class CommonConfig(RuntimeFields, RunFields):
+    """Keys every run shares: the run and runtime groups."""
+
+
+@dataclass(frozen=True)
+class OptimizerFields:
+    """The optimizer of the FF layers (or of the backprop model)."""
+    optimizer: str = "adam"       # adam | sgd (sgd: the official EMA smoothing, dampening=momentum)
     lr: float = 1e-3
     momentum: float = 0.9
     weight_decay: float = 0.0
-    lr_schedule: str = "cosine"
-    dropout: float = 0.0
+    lr_schedule: str = "linear_half"   # linear_half (official: decay to ~0 over the 2nd half) | cosine | constant
 
 
-CONFIG_KINDS: dict[str, type] = {c.__name__: c for c in (SupervisedFFConfig, BPConfig)}
+@dataclass(frozen=True)
+class HeadFields:
+    """The linear softmax head(s) on the normalized FF activities (paper sections 3.2, 3.3)."""
+    head_lr: float = 1e-3
+    head_weight_decay: float = 0.0
 
 
-def register_config(cls: type) -> type:
-    """Register another config dataclass (used by later modules: unsupervised, recurrent, ...)."""
-    CONFIG_KINDS[cls.__name__] = cls
-    return cls
+@dataclass(frozen=True)
+class ObjectiveFields:
+    """Each layer's FF objective (paper section 2; ``fflab.objective``)."""
+    goodness: str = "ssq"                 # ssq | min_ssq | mean_ssq
+    threshold: float | None = None        # None: mean-square 1 per unit (official code)
+    peer_norm: float = 0.0                # official code 0.03
+
+
+GROUPS: tuple[tuple[str, type], ...] = (
+    ("run", RunFields), ("runtime", RuntimeFields), ("optimizer", OptimizerFields),
+    ("head", HeadFields), ("objective", ObjectiveFields))
+# Keys of a kind's own that, like the runtime group, choose how the arithmetic runs and change a
+# run's numbers by rounding only.
+RUNTIME_KEYS = frozenset({"device", "dtype", "threads", "engine", "compile", "local_impl"})
+# Old key names still read from run folders written before the rename: old -> new.
+RENAMED = {"readout_lr": "head_lr", "readout_weight_decay": "head_weight_decay"}
+# Old values still read from run folders: (key, old value) -> new value.
+RENAMED_VALUES = {("engine", "fused"): "shared"}
+
+
+def groups(cfg: Any) -> dict[str, list[str]]:
+    """The keys of ``cfg`` by group: the shared groups first, then the kind's own keys ("model")."""
+    out: dict[str, list[str]] = {}
+    seen: set[str] = set()
+    for name, grp in GROUPS:
+        if isinstance(cfg, grp):
+            keys = [f.name for f in dataclasses.fields(grp)]
+            out[name] = keys
+            seen.update(keys)
+    own = [f.name for f in dataclasses.fields(cfg) if f.name not in seen]
+    if own:
+        out["model"] = own
+    return out
+
+
+def check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    """A ConfigError naming ``key`` unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ConfigError(f"{key}={value!r}: choose {', '.join(choices[:-1])} or {choices[-1]}")
 
 
 def _parse(key: str, text: str, tp: Any) -> Any:
@@ -216,13 +242,38 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return {"kind": type(cfg).__name__, **dataclasses.asdict(cfg)}
 
 
-def from_dict(d: dict[str, Any]) -> Any:
+def from_dict(d: dict[str, Any], kinds: dict[str, type], *, note: Callable[[str], None] | None = None) -> Any:
+    """The config that ``to_dict`` wrote: ``d["kind"]`` names its class in ``kinds``. Keys and
+    values renamed since (``RENAMED``, ``RENAMED_VALUES``) are read under their new names, and
+    ``note`` (if given) is told about each."""
     d = dict(d)
     kind = d.pop("kind", None)
-    if kind not in CONFIG_KINDS:
-        raise ConfigError(f"unknown config kind {kind!r}; known: {sorted(CONFIG_KINDS)}")
-    cls = CONFIG_KINDS[kind]
-    return apply_overrides(cls(), d)
+    if kind not in kinds:
+        raise ConfigError(f"unknown config kind {kind!r}; known: {sorted(kinds)}")
+    for old, new in RENAMED.items():
+        if old in d and new not in d:
+            d[new] = d.pop(old)
+            if note is not None:
+                note(f"config key {old!r} is now called {new!r}")
+    for (key, old), new in RENAMED_VALUES.items():
+        if d.get(key) == old:
+            d[key] = new
+            if note is not None:
+                note(f"{key}={old} is now called {key}={new}")
+    if isinstance(d.get("compile"), bool):   # before compile=auto it was a bool
+        d["compile"] = "true" if d["compile"] else "false"
+    return apply_overrides(kinds[kind](), d)
+
+
+def dumps_grouped(cfg: Any) -> str:
+    """The config as ``key = value`` lines under one heading per group; runtime keys are marked."""
+    lines = [f"kind: {type(cfg).__name__}"]
+    for name, keys in groups(cfg).items():
+        lines.append(f"[{name}]" + ("  (changes the numbers by rounding only)" if name == "runtime" else ""))
+        for k in keys:
+            mark = "  # runtime: rounding only" if k in RUNTIME_KEYS and name != "runtime" else ""
+            lines.append(f"  {k} = {getattr(cfg, k)!r}{mark}")
+    return "\n".join(lines)
 
 
 def dumps(cfg: Any) -> str:

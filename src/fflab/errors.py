@@ -18,7 +18,7 @@ class CheckpointError(FFLabError):
 
 
 class TrainingDiverged(FFLabError):
-    """The loss became NaN or infinite."""
+    """The loss became NaN or infinite, or grew by many orders of magnitude."""
 
 
 class SlowDtypeWarning(UserWarning):

@@ -1,4 +1,4 @@
-"""FF layers: length normalization, the dense FF layer and peer normalization (paper section 2).
+"""FF layers: length normalization, the layer objective and the dense FF layer (paper section 2).
 
 An FF layer maps its (normalized) input to ReLU activities ``h`` *before* normalization; the
 goodness of ``h`` is the layer's own objective, and only ``normalize(h)`` is passed upward, so the
@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .goodness import default_threshold, ff_loss, get_goodness
+from . import objective
 
 
 def fp32_accum(h: torch.Tensor) -> torch.Tensor:
@@ -41,7 +41,7 @@ class FFLayer(nn.Module):
 
     def _init_objective(self, num_units: int, goodness: str, threshold: float | None,
                         peer_norm: float, peer_momentum: float, block_size: int = 0) -> None:
-        get_goodness(goodness)  # validate early
+        self.goodness_fn = objective.get_goodness(goodness)  # validates the name early
         if block_size and (block_size < 0 or num_units % block_size):
             raise ValueError(f"block_size={block_size} must divide the layer's {num_units} units")
         self.num_units = num_units
@@ -50,7 +50,7 @@ class FFLayer(nn.Module):
         # and its own positive/negative decision; the threshold is per block.
         self.block_size = int(block_size)
         units_per_decision = self.block_size or num_units
-        self.threshold = (default_threshold(goodness, units_per_decision) if threshold is None
+        self.threshold = (self.goodness_fn.default_threshold(units_per_decision) if threshold is None
                           else float(threshold))
         self.peer_norm = float(peer_norm)
         self.peer_momentum = float(peer_momentum)
@@ -59,32 +59,48 @@ class FFLayer(nn.Module):
 
     def goodness(self, h: torch.Tensor) -> torch.Tensor:
         """(B, D) -> (B,)."""
-        return get_goodness(self.goodness_name)(fp32_accum(h))
+        return self.goodness_fn(fp32_accum(h))
+
+    def _blocks(self, h: torch.Tensor) -> torch.Tensor:
+        """(B, D) -> (B, blocks, units per block): one goodness decision per block."""
+        return h.reshape(h.shape[0], -1, self.block_size or self.num_units)
 
     def block_goodness(self, h: torch.Tensor) -> torch.Tensor:
         """(B, D) -> (B, D // block_size) goodness of each block, or (B,) without blocks."""
         if not self.block_size:
             return self.goodness(h)
-        return self.goodness(h.reshape(h.shape[0], -1, self.block_size))
+        return self.goodness(self._blocks(h))
 
     def local_loss(self, h_pos: torch.Tensor, h_neg: torch.Tensor) -> torch.Tensor:
-        """The layer's own objective: FF loss plus the peer-normalization term.
-
-        Peer normalization (official code): the gradient wrt unit j's activity gets
-        ``peer_norm * (mean_k m_k - m_j)`` added in the direction that *raises* the objective,
-        where m is the running mean of positive-pass activities, so rarely-active units are
-        pushed up and always-active units down. As a loss term: ``-(c * h_pos).sum(1).mean()``
-        with c detached.
-        """
-        loss = ff_loss(self.block_goodness(h_pos), self.block_goodness(h_neg), self.threshold)
+        """The layer's own objective (``fflab.objective``): FF loss plus the peer-normalization
+        term ``-(c * h_pos).sum(1).mean()`` with the push c detached; autograd differentiates it."""
+        loss = objective.ff_loss(self.block_goodness(h_pos), self.block_goodness(h_neg), self.threshold)
         if self.peer_norm > 0 and h_pos.numel():
             if self.training:
-                with torch.no_grad():
-                    self.peer_mean.mul_(self.peer_momentum).add_(
-                        h_pos.detach().float().mean(0), alpha=1 - self.peer_momentum)
-            c = self.peer_norm * (self.peer_mean.mean() - self.peer_mean)
+                objective.peer_mean_update(self.peer_mean, h_pos, self.peer_momentum)
+            c = objective.peer_push(self.peer_mean, self.peer_norm)
             loss = loss - (h_pos * c.to(h_pos.dtype)).sum(-1).mean()
         return loss
+
+    @torch.no_grad()
+    def local_grad(self, h: torch.Tensor, num_pos: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``local_loss`` differentiated by hand, for the engines that bypass autograd.
+
+        h: activities of [positives; negatives] (N, D), the first ``num_pos`` rows positive.
+        Returns (dL/dh, loss), dL/dh in fp32. For h = relu(z) it is also dL/dz: the goodness
+        terms vanish where h = 0 and the peer term is applied at active units only.
+        """
+        hf = fp32_accum(h)
+        hb = hf.view(hf.shape[0], -1, self.block_size or self.num_units)    # (N, blocks, units)
+        g = self.goodness_fn(hb)                                               # (N, blocks)
+        loss = objective.ff_loss(g[:num_pos], g[num_pos:], self.threshold)
+        dh = self.goodness_fn.grad(hb, objective.ff_loss_grad(g, num_pos, self.threshold)).view_as(hf)
+        if self.peer_norm > 0 and self.training:
+            objective.peer_mean_update(self.peer_mean, hf[:num_pos], self.peer_momentum)
+            c = objective.peer_push(self.peer_mean, self.peer_norm)
+            dh[:num_pos] -= (hf[:num_pos] > 0).to(dh.dtype) * (c / num_pos)
+            loss = loss - (hf[:num_pos] * c).sum(-1).mean()
+        return dh, loss
 
 
 class FFDense(FFLayer):

@@ -182,12 +182,16 @@ def local_stack(in_shape: tuple[int, int, int], layers: tuple[dict[str, int], ..
     """A stack of ``FFLocal`` layers, each reading the map of the one below.
 
     ``layers`` gives ``units_per_location``, ``patch``, ``stride`` and ``padding`` per layer;
-    ``objective`` (goodness, threshold, peer_norm, peer_momentum, generator) goes to every layer.
+    ``objective`` (goodness, threshold, peer_norm, peer_momentum, generator, impl) goes to every
+    layer. A geometry that does not fit is a ValueError naming the layer.
     """
     out = nn.ModuleList()
     shape = tuple(in_shape)
-    for spec in layers:
-        layer = FFLocal(shape, **spec, **objective)
+    for i, spec in enumerate(layers):
+        try:
+            layer = FFLocal(shape, **spec, **objective)
+        except ValueError as e:
+            raise ValueError(f"local layer {i}: {e}") from None
         out.append(layer)
         shape = layer.out_shape
     return out

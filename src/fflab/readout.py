@@ -1,8 +1,8 @@
-"""Linear readout fitted after FF training, on frozen features (paper section 3.2; SPEC section 3).
+"""Linear readout fitted after FF training, on frozen features (paper section 3.2).
 
 The paper evaluates unsupervised FF with "a linear classifier on the normalized activity vectors
 of the last three hidden layers". Our training recipe fits that classifier alongside the FF layers
-(``unsupervised.py``), with plain Adam and no regularization, and on MNIST it overfits: train error
+(``experiments/unsupervised.py``), with plain Adam and no regularization, and on MNIST it overfits: train error
 near 0% while test error stays flat. This module fits the readout again, once the FF net is frozen:
 
 1. features: the normalized activities of the chosen hidden layers for every training and test
@@ -28,17 +28,18 @@ import torch.nn.functional as F
 from . import runs
 from .errors import CheckpointError, ConfigError
 from .nets import FFNet
+from .runtime import Runtime
 
 __all__ = ["extract_features", "fit_logistic", "ReadoutResult", "frozen_readout"]
 
 
 @torch.no_grad()
 def extract_features(net: FFNet, x: torch.Tensor, layers: Sequence[int], *, chunk: int = 1000,
-                     dtype: str = "float32") -> torch.Tensor:
+                     rt: Runtime | None = None) -> torch.Tensor:
     """Normalized activities of ``layers`` for images x (N, ...): (N, sum of the layers' widths), fp32."""
-    from .unsupervised import forward_chunks
+    from .experiments.unsupervised import forward_chunks
     net.eval()
-    return torch.cat([net.features(hs, layers).float() for hs in forward_chunks(net, x, chunk=chunk, dtype=dtype)])
+    return torch.cat([net.features(hs, layers).float() for hs in forward_chunks(net, x, chunk=chunk, rt=rt)])
 
 
 def fit_logistic(f: torch.Tensor, y: torch.Tensor, *, weight_decay: float, num_classes: int = 10,
@@ -108,18 +109,19 @@ def readout_run(run_dir: str, *, layers: Sequence[int] | None = None, weight_dec
     """Frozen readout for a finished unsupervised FF run folder; writes ``readout.json`` there
     (a list: one entry per layer set, replaced when the same set is fitted again). ``device``:
     where to run (None: the run's own device)."""
+    from .experiments import read_config
+    from .experiments.unsupervised import UnsupervisedFFConfig, _check_layers
     from .train import load_data, load_run
-    from .unsupervised import UnsupervisedFFConfig, _check_layers
 
-    cfg, _ = runs.read_config(run_dir)
+    cfg, _ = read_config(run_dir)
     if not isinstance(cfg, UnsupervisedFFConfig):
         raise ConfigError(f"{run_dir} is a {type(cfg).__name__} run; the frozen readout is for "
                           "unsupervised FF runs (UnsupervisedFFConfig)")
-    cfg, task, device = load_run(run_dir, device)
+    cfg, task, rt = load_run(run_dir, device)
     net: FFNet = task.modules["net"]
     layers = _check_layers("layers", tuple(cfg.readout_layers if layers is None else layers), len(net.layers))
-    data = load_data(cfg, device, data_dir)
-    feats = {s: extract_features(net, data[f"x_{s}"], layers, dtype=cfg.dtype) for s in ("train", "test")}
+    data = load_data(cfg, rt.device, data_dir)
+    feats = {s: extract_features(net, data[f"x_{s}"], layers, rt=rt) for s in ("train", "test")}
     res = frozen_readout(feats["train"], data["y_train"], feats["test"], data["y_test"],
                          weight_decays=weight_decays, val_size=val_size, layers=layers, max_iter=max_iter)
     path = Path(run_dir) / "readout.json"

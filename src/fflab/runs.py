@@ -28,9 +28,10 @@ from .errors import CheckpointError
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "state.pt"
+SETTLING_FILE = "settling.safetensors"   # recurrent runs: how goodness settles (fflab.plot)
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -48,7 +49,7 @@ def write_json(path: Path, obj: Any) -> None:
         with open(tmp, "w") as f:
             json.dump(obj, f, indent=2, sort_keys=True, default=str)
             f.write("\n")
-    _atomic_write(Path(path), w)
+    atomic_write(Path(path), w)
 
 
 def git_commit() -> str | None:
@@ -73,7 +74,8 @@ def environment() -> dict[str, Any]:
     """Versions and hardware, as printed by ``fflab env`` and stored in every run folder."""
     import numpy
 
-    from . import __version__, products
+    from . import __version__
+    from ._engines import products
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -131,7 +133,7 @@ class Run:
         if not p.exists():
             return
         keep = [ln for ln in read_metrics(self.path) if ln.get("epoch", 0) <= last_epoch]
-        _atomic_write(p, lambda tmp: Path(tmp).write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in keep)))
+        atomic_write(p, lambda tmp: Path(tmp).write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in keep)))
 
     def write_results(self, results: dict[str, Any]) -> None:
         write_json(self.path / "results.json", results)
@@ -139,14 +141,14 @@ class Run:
     # --- checkpoints ---------------------------------------------------------------
     def save_checkpoint(self, modules: dict[str, torch.nn.Module], state: dict[str, Any]) -> None:
         save_model(self.path / MODEL_FILE, modules)
-        _atomic_write(self.path / STATE_FILE, lambda tmp: torch.save(state, tmp))
+        atomic_write(self.path / STATE_FILE, lambda tmp: torch.save(state, tmp))
 
 
 def save_model(path: Path, modules: dict[str, torch.nn.Module]) -> None:
     """Flatten several modules' state dicts as ``name.key`` into one safetensors file, atomically."""
     tensors = {f"{name}.{k}": v.detach().cpu().contiguous() for name, m in modules.items()
                for k, v in m.state_dict().items()}
-    _atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata={"format": "fflab"}))
+    atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata={"format": "fflab"}))
 
 
 def load_model(path: Path, modules: dict[str, torch.nn.Module]) -> None:
@@ -183,19 +185,6 @@ def read_json(path: str | Path) -> Any:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:   # ValueError covers JSONDecodeError and UnicodeDecodeError
         raise CheckpointError(f"cannot read {path}: {e}") from None
-
-
-def read_config(run_dir: str | Path) -> tuple[Any, str | None]:
-    p = Path(run_dir) / "config.json"
-    if not p.exists():
-        raise CheckpointError(f"{run_dir} is not a run folder (no config.json)")
-    d = read_json(p)
-    if not isinstance(d, dict):
-        raise CheckpointError(f"{p} is not a config (not a JSON object)")
-    recipe = d.pop("recipe", None)
-    from .recipes import _load_all
-    _load_all()  # registers the config kinds of every run kind (recurrent, sequences, ...)
-    return config_mod.from_dict(d), recipe
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:

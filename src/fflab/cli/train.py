@@ -18,23 +18,24 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, help="random seed (same seed, same machine: same numbers)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
     p.add_argument("--quick", action="store_true", help="tiny smoke-test version of the recipe")
-    p.add_argument("--data-dir", help="folder holding the dataset files (else $FFLAB_DATA_DIR, cache, download)")
+    p.add_argument("--data-dir", help="folder holding the dataset files (else $FFLAB_DATA_DIR; with neither: the cache, "
+                        "then a download); a named folder with missing or bad files is an error")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar (one line per epoch only); automatic when stderr is not a terminal")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import runs
-    from ..config import apply_overrides, dumps
+    from ..config import apply_overrides, dumps_grouped
     from ..errors import ConfigError
+    from ..experiments import read_config
     from ..recipes import get_recipe
     from ..train import fit
 
     if args.resume:
         if args.overrides or args.seed is not None or args.quick:
             raise ConfigError("--resume continues a run exactly as configured; drop overrides, --seed and --quick")
-        cfg, recipe_name = runs.read_config(args.resume)
+        cfg, recipe_name = read_config(args.resume, note=lambda m: print(f"note: {m}", file=sys.stderr))
         out = args.resume
         if args.recipe and recipe_name and args.recipe != recipe_name:
             raise ConfigError(f"{args.resume} was trained with recipe {recipe_name!r}, not {args.recipe!r}")
@@ -50,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         if (Path(out) / "results.json").exists():
             raise ConfigError(f"{out} already holds a finished run; choose another --out")
     print(f"recipe {recipe_name} -> {out}")
-    print(dumps(cfg))
+    print(dumps_grouped(cfg))
     results = fit(cfg, out, recipe=recipe_name, resume=bool(args.resume), data_dir=args.data_dir,
                   # a bar redrawn with carriage returns only clutters a log file
                   progress=not args.no_progress and sys.stderr.isatty())

@@ -1,4 +1,4 @@
-"""Aesop's fables as the paper's character strings (paper section 7; SPEC section 7).
+"""Aesop's fables as the paper's character strings (paper section 7).
 
 The paper trains next-character prediction on "248 strings of 100 characters" from Aesop's fables,
 over 30 symbols: the 26 lower-case letters, space, comma, semicolon and full stop. It says neither

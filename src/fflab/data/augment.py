@@ -1,6 +1,6 @@
 """Jitter augmentation: shift each MNIST-like image by a random whole number of pixels, zero fill.
 
-Serves the paper's best supervised-FF MNIST result (SPEC.md section 4): training on images jittered by up
+Serves the paper's best supervised-FF MNIST result (section 3.3): training on images jittered by up
 to two pixels in each direction, 25 different shifts, 500 epochs, 0.64% test error. Apply it to the plain
 images, before a label is written into the first pixels. Vectorized: one gather for the whole batch, no
 Python loop over samples, so it costs about as much as a copy of the batch on CPU or GPU.

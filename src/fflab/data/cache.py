@@ -1,6 +1,6 @@
 """The user cache of decoded datasets: where it lives, and atomic writes and guarded reads of it.
 
-Serves every MNIST-family experiment (SPEC.md sections 2-5): a run loads its data from here in a
+Serves the paper's MNIST experiments (sections 3 and 4): a run loads its data from here in a
 fraction of a second instead of decompressing IDX files. A cache entry is one uncompressed ``.npz`` of
 uint8 arrays plus a JSON ``meta`` entry (where the data came from, the MD5 of each array's IDX form).
 This module only stores and reads; whether the content is right is checked by ``fflab.data.mnist``.

@@ -1,6 +1,6 @@
 """The IDX file format of MNIST and Fashion-MNIST: read (raw or gzipped) and write, with strict checks.
 
-Serves the datasets of every MNIST experiment in the paper (SPEC.md sections 2-5). The format: two zero
+Serves the datasets of the paper's MNIST experiments (sections 3 and 4). The format: two zero
 bytes, a dtype code, the number of dimensions, one big-endian uint32 per dimension, then the values in
 C order, big-endian. The reader never returns an array the header does not account for exactly:
 a truncated, padded or corrupt file raises DataError naming the file and what was expected vs found.
@@ -36,16 +36,23 @@ def is_gzip(data: bytes) -> bool:
     return data[:2] == b"\x1f\x8b"
 
 
-def gunzip(data: bytes, *, name: str, max_bytes: int = MAX_IDX_BYTES) -> bytes:
-    """Decompress gzip bytes; a truncated or corrupt stream raises DataError naming ``name``."""
+def gunzip(data: bytes, *, name: str, max_bytes: int = MAX_IDX_BYTES, expected_size: int | None = None
+           ) -> bytes:
+    """Decompress gzip bytes; a truncated or corrupt stream raises DataError naming ``name``.
+
+    ``expected_size`` (the uncompressed size, where the caller knows it) only goes into the message
+    about a truncated stream, so that it says expected vs found.
+    """
     try:
         d = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
         out = d.decompress(data, max_bytes + 1)
         if len(out) > max_bytes:
             raise DataError(f"{name}: decompresses to more than {max_bytes} bytes; not an IDX file")
         if not d.eof:
+            so_far = (f"{len(out)} of the expected {expected_size} bytes" if expected_size is not None
+                      else f"{len(out)} bytes so far")
             raise DataError(f"{name}: gzip stream ends early (file is {len(data)} bytes, decompressed "
-                            f"{len(out)} bytes so far): the file is truncated, download it again")
+                            f"{so_far}): the file is truncated, download it again")
     except zlib.error as e:
         raise DataError(f"{name}: corrupt gzip data ({e}); file is {len(data)} bytes") from None
     # A second gzip member (rare, but legal) follows the first: decode it too.

