@@ -52,32 +52,24 @@ import argparse
 import platform
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
+import reference_ff  # benchmarks/, beside this script
 from fflab._engines import products
 from fflab._engines.supervised import SupervisedEngine
 from fflab.bench import training_loop
 from fflab.config import _expand_times, apply_overrides
 from fflab.experiments.supervised import SupervisedFFConfig
 
-import reference_ff   # benchmarks/, beside this script
-
 PSEUDO = ("update=plain", "linear=addmm", "head=autograd")
 
 
 def without_own_parts(engine: SupervisedEngine, overrides: list[str]) -> None:
-    """``update=plain`` and ``head=autograd`` on a built engine, before its first step. The
-    engine has no switch for these (a run always wants its fastest parts), so the benchmark
-    clears the parts it replaces: with no update of its own the engine calls ``opt.step()`` and
-    casts the weights for each step's products itself; with no compiled neutral pass it runs
-    the eager one, whose head learns through autograd."""
-    for pseudo, part in (("update=plain", "_net_update"), ("head=autograd", "_neutral_compiled")):
-        if pseudo in overrides:
-            if not hasattr(engine, part):   # renamed in the engine: fail, rather than time nothing
-                raise SystemExit(f"{pseudo}: SupervisedEngine has no {part} any more; update engine_ab.py")
-            setattr(engine, part, None)
+    """``update=plain`` and ``head=autograd`` on a built engine, before its first step: the net's
+    optimizer step through ``opt.step()``, the head's gradient through autograd."""
+    engine.use_plain(update="update=plain" in overrides, head="head=autograd" in overrides)
 
 
 def with_addmm(run: Callable[[], None]) -> Callable[[], None]:
@@ -90,7 +82,8 @@ def with_addmm(run: Callable[[], None]) -> Callable[[], None]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("variants", nargs="+", help="comma-separated overrides per variant, e.g. optimizer=sgd,compile=true")
+    ap.add_argument("variants", nargs="+",
+                    help="comma-separated overrides per variant, e.g. optimizer=sgd,compile=true")
     ap.add_argument("--hidden", default="1000x3")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--threads", type=int, default=2)

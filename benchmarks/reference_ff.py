@@ -48,7 +48,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -254,7 +254,8 @@ def main() -> None:
     ap.add_argument("--loader", action="store_true", help="batches through a DataLoader with 4 workers")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--data-dir", default=None, help="folder with the MNIST IDX files (else $FFLAB_DATA_DIR or the cache)")
+    ap.add_argument("--data-dir", default=None,
+                    help="folder with the MNIST IDX files (else $FFLAB_DATA_DIR or the cache)")
     ap.add_argument("--against-raw", type=int, metavar="ROUNDS", default=0,
                     help="time the step against the raw products instead of training")
     args = ap.parse_args()

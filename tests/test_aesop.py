@@ -7,8 +7,17 @@ import pytest
 import torch
 
 from fflab.data import aesop
-from fflab.data.aesop import (ALPHABET, AESOP_SHA256, GUTENBERG_URLS, clean_text, decode, encode,
-                              load_aesop, make_strings, split)
+from fflab.data.aesop import (
+    AESOP_SHA256,
+    ALPHABET,
+    GUTENBERG_URLS,
+    clean_text,
+    decode,
+    encode,
+    load_aesop,
+    make_strings,
+    split,
+)
 from fflab.errors import DataError
 
 
@@ -42,7 +51,8 @@ def fable(title, body):
     return f"{title}\n{body}\n"
 
 
-LONG = "The Wolf ran far away from the Dog, and the Dog ran after him into the wood; it was a long chase, and the Dog won. "
+LONG = ("The Wolf ran far away from the Dog, and the Dog ran after him into the wood; it was a long chase, "
+        "and the Dog won. ")
 
 
 # --- alphabet and cleaning -------------------------------------------------------------------

@@ -50,7 +50,7 @@ def test_analytic_bf16_close_to_fp32():
 
 @pytest.mark.parametrize("kw", [*NETS, dict(goodness="mean_ssq", block_size=4, peer_norm=0.03)])
 def test_shared_label_input_equals_plain_path(kw):
-    """The fused engine (engine=auto's choice for every net this test builds) makes the analytic
+    """The shared engine (engine=auto's choice for every net this test builds) makes the analytic
     engine's gradients, for every goodness, block goodness and peer normalization."""
     from fflab._engines.dense import LabelledInput
     from fflab.negatives import overlay_label
@@ -117,8 +117,8 @@ def test_each_label_forward_equals_plain_per_label_pass():
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_ff_predict_shared_image_product_matches_plain(dtype):
-    from fflab.nets import SoftmaxHead
     from fflab.experiments.supervised import predict as ff_predict
+    from fflab.nets import SoftmaxHead
     from fflab.runtime import Runtime
     torch.manual_seed(0)
     net = FFNet.dense(784, [64, 64, 64])
@@ -135,7 +135,7 @@ def test_ff_predict_shared_image_product_matches_plain(dtype):
 
 @pytest.mark.needs_cxx_compiler
 def test_compiled_update_equals_eager():
-    """compile=true: the same gradients, loss and peer-mean update as the eager fused update
+    """compile=true: the same gradients, loss and peer-mean update as the eager shared update
     (float rounding aside), with repeated labels among positives and negatives."""
     import copy
 
@@ -159,11 +159,11 @@ def test_neutral_head_grads_equal_autograd(compiled):
     """compile=true's neutral step (train.neutral_head_grads): the head's probabilities and the
     gradient of its mean cross-entropy, made without autograd, equal autograd's through the plain
     neutral pass; compiled, in one graph."""
-    from fflab._engines.dense import LabelledInput
     from fflab._engines.compiled import compile_static
-    from fflab.nets import SoftmaxHead
-    from fflab.negatives import overlay_label
+    from fflab._engines.dense import LabelledInput
     from fflab._engines.supervised import neutral_head_grads
+    from fflab.negatives import overlay_label
+    from fflab.nets import SoftmaxHead
     torch.manual_seed(0)
     net = FFNet.dense(40, [16, 12, 8])
     head = SoftmaxHead(12 + 8)

@@ -8,7 +8,7 @@ from fflab.bench import format_table, run_benchmark
 
 def test_bench_reports_every_measurement_and_counts_skipped_neutral_passes():
     kw = dict(hidden=(16, 16), batch_size=8, steps=2, reps=2, device="cpu", epoch_images=80)
-    every = run_benchmark(**kw)   # engine=auto: the fused engine, and its products counted
+    every = run_benchmark(**kw)   # engine=auto: the shared engine, and its products counted
     sparse = run_benchmark(**kw, neutral_every=4, engine="shared")
     assert every["engine"] == "shared" and every["engine_requested"] == "auto"
     assert "engine shared (auto)" in format_table(every)
@@ -20,7 +20,8 @@ def test_bench_reports_every_measurement_and_counts_skipped_neutral_passes():
         assert set(res["eval_images_per_s"]) == {"per_label", "one_pass"}
         parts = res["ff_step_ms"]   # where a step's time goes; the parts add up to the step
         assert parts["total"] > 0 and parts["products_at_raw_rate"] > 0
-        assert parts["total"] == pytest.approx(parts["products_at_raw_rate"] + parts["optimizer_update"] + parts["rest"])
+        assert parts["total"] == pytest.approx(
+            parts["products_at_raw_rate"] + parts["optimizer_update"] + parts["rest"])
         paired = res["ff_fraction_of_matmul_paired"]   # per turn: FF rate over the raw rate beside it
         assert paired["min"] <= res["ff_fraction_of_matmul"] == paired["median"] <= paired["max"]
         assert set(res["matmul_gflops"]) == {"float32", "bfloat16"}
@@ -70,6 +71,7 @@ def test_timings_wait_for_the_device(monkeypatch):
     """On CUDA a call returns once its kernels are queued: each timed call is fenced by a
     synchronize on both sides (here recorded, no GPU needed); on the CPU nothing is waited for."""
     import torch
+
     from fflab import bench
     events = []
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: events.append("sync"))
@@ -82,6 +84,7 @@ def test_timings_wait_for_the_device(monkeypatch):
 
 def test_raw_products_are_made_on_the_benchmarked_device(monkeypatch):
     import torch
+
     from fflab import bench
     seen = []
     real = products.linear

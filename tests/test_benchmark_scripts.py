@@ -22,6 +22,22 @@ def test_engine_ab_times_the_reference_model_against_fflab():
                for line in lines)
 
 
+def test_engine_ab_pseudo_overrides_build_and_run():
+    # update=plain and linear=addmm on fp32 SGD, whose engine has its own update (ProductSGD)
+    out = subprocess.run([sys.executable, str(BENCHMARKS / "engine_ab.py"), "--hidden", "16x3", "--rounds", "1",
+                          "--steps", "1", "--threads", "1", "optimizer=sgd",
+                          "optimizer=sgd,update=plain,linear=addmm"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert any(line.startswith("optimizer=sgd,update=plain,linear=addmm") and "minus optimizer=sgd" in line
+               for line in out.stdout.splitlines())
+
+
+def test_gpu_run_script_parses():
+    out = subprocess.run(["bash", "-n", str(BENCHMARKS / "gpu_run.sh")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+
+
 def test_reference_data_path_labels_each_image_as_the_reimplementation_does():
     torch.manual_seed(0)
     images = torch.randint(0, 256, (5, 28, 28), dtype=torch.uint8)

@@ -1,5 +1,5 @@
 """The training steps run unchanged on a device that is not the CPU, with no host read per step
-(issue 3, item 4: "the engine runs unchanged on CUDA ... the code must not need one").
+(the engines must run unchanged on CUDA without the tests needing a GPU).
 
 No GPU is needed: every step runs on PyTorch's ``meta`` device, whose tensors have shapes,
 dtypes and a device but no data. On it, the two mistakes that break a CUDA run, or slow it with
@@ -15,11 +15,11 @@ also takes the paths a GPU takes where the code branches on the device: the forw
 through ``torch.addmm`` instead of oneDNN (``fflab.products``), torch's own optimizer steps.
 
 What this cannot see: numbers (meta has none), and code that only runs where the device is
-``cuda`` by name. So where a GPU is present (``benchmarks/gpu_session.sh`` runs this file there)
+``cuda`` by name. So where a GPU is present (``benchmarks/gpu_run.sh`` runs this file there)
 every test also runs on it, for real, with generators, autocast and jitter, and checks that the
 losses are finite. Three things cannot run on meta at all and are left out: ``torch.compile``
 (inductor generates no meta kernels), ``torch.autocast`` (no meta autocast: the bf16 paths that
-use it, i.e. all but the fused engine's explicit casts, run here in fp32), and generators (meta
+use it, i.e. all but the shared engine's explicit casts, run here in fp32), and generators (meta
 random ops take none: the steps get ``generator=None``, so jitter, which needs one, is off).
 """
 from __future__ import annotations
@@ -30,9 +30,9 @@ import pytest
 import torch
 
 from fflab.experiments.supervised import SupervisedFFConfig
+from fflab.experiments.supervised import predict as ff_predict
 from fflab.recipes import all_recipes
 from fflab.train import build_task
-from fflab.experiments.supervised import predict as ff_predict
 
 META = torch.device("meta")
 DEVICES = [META, *([torch.device("cuda")] if torch.cuda.is_available() else [])]
@@ -53,7 +53,7 @@ def _aesop_like(n: int, device: torch.device) -> dict[str, torch.Tensor]:
 
 def _ready(cfg, device: torch.device):
     """``cfg`` without compile (``benchmarks/gpu_check.py`` covers it) and, on meta, without what
-    meta cannot run (module docstring): bf16 autocast (the fused engine's bf16 is explicit casts
+    meta cannot run (module docstring): bf16 autocast (the shared engine's bf16 is explicit casts
     and stays) and jitter."""
     off = {"compile": "false"}
     if device == META:

@@ -6,8 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from fflab.fast import (fast_deltas, fast_update, forward, l2_normalize, layer_goodness,
-                        online_fast_learning_demo)
+from fflab.fast import fast_deltas, fast_update, forward, l2_normalize, layer_goodness, online_fast_learning_demo
 from fflab.layers import FFDense
 
 SIZES = (20, 16, 12, 8)

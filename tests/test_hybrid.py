@@ -1,10 +1,9 @@
 """Tests for hybrid-image negatives (paper section 3.2): masks, hybrids, pairing, gallery."""
+import pytest
 import torch
 import torch.nn.functional as F
-import pytest
 
-from fflab.hybrid import (compare_blur_passes, hybrid_negatives, make_masks, mean_run_length,
-                          neighbour_agreement)
+from fflab.hybrid import compare_blur_passes, hybrid_negatives, make_masks, mean_run_length, neighbour_agreement
 from fflab.plot import negatives_gallery
 
 
@@ -107,7 +106,7 @@ def test_hybrid_deterministic_and_batch_of_two():
 
 def test_labels_make_classes_differ():
     g = gen(0)
-    for trial in range(20):
+    for _ in range(20):
         labels = torch.randint(0, 3, (50,), generator=g) * 7 - 4   # arbitrary label values
         x = torch.randn(50, 16, generator=g)
         _, _, idx_a, idx_b = hybrid_negatives(x, generator=g, labels=labels, blur_passes=0)

@@ -1,6 +1,6 @@
 """Tests for the locally connected FF layer (paper sections 3.2 and 4): against a naive loop."""
-import torch
 import pytest
+import torch
 
 from fflab.layers import FFDense, normalize
 from fflab.local import MNIST_LOCAL_LAYERS, FFLocal, local_stack

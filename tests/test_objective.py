@@ -3,8 +3,15 @@ import math
 import pytest
 import torch
 
-from fflab.objective import (default_threshold, ff_loss, get_goodness, mean_of_squares,
-                            min_sum_of_squares, p_positive, sum_of_squares)
+from fflab.objective import (
+    default_threshold,
+    ff_loss,
+    get_goodness,
+    mean_of_squares,
+    min_sum_of_squares,
+    p_positive,
+    sum_of_squares,
+)
 
 
 def naive_loss(g_pos, g_neg, t):

@@ -15,8 +15,8 @@ pytest.importorskip("matplotlib")
 
 from fflab import plot  # noqa: E402
 from fflab.cli import plot as plot_cli  # noqa: E402
-from fflab.plot import _common  # noqa: E402
 from fflab.errors import CheckpointError, ConfigError  # noqa: E402
+from fflab.plot import _common  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -8,9 +8,9 @@ import torch
 from fflab.cli.main import main
 from fflab.config import apply_overrides
 from fflab.errors import ConfigError
+from fflab.experiments.unsupervised import UnsupervisedFFConfig, build_net
 from fflab.readout import extract_features, fit_logistic, frozen_readout
 from fflab.train import fit
-from fflab.experiments.unsupervised import UnsupervisedFFConfig, build_net
 
 
 def blobs(n, d=20, seed=0, noise=0.3):

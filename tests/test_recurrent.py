@@ -1,4 +1,4 @@
-"""The recurrent top-down FF net (paper section 4, SPEC section 5): dynamics, locality, training, recipes."""
+"""The recurrent top-down FF net (paper section 4): dynamics, locality, training, recipes."""
 import dataclasses
 
 import pytest
@@ -8,13 +8,19 @@ import torch.nn.functional as F
 from fflab import runs
 from fflab._engines import recurrent as recurrent_fused
 from fflab.config import apply_overrides, to_dict
-from fflab.experiments import config_from_dict as from_dict
 from fflab.errors import ConfigError
+from fflab.experiments import config_from_dict as from_dict
+from fflab.experiments.recurrent import (
+    SETTLING_FILE,
+    RecurrentFFConfig,
+    RecurrentFFNet,
+    label_goodness,
+    predict,
+    save_settling,
+)
 from fflab.layers import normalize
-from fflab.recipes import get_recipe
-from fflab.experiments.recurrent import (SETTLING_FILE, RecurrentFFConfig, RecurrentFFNet, label_goodness,
-                                        predict, save_settling)
 from fflab.plot import plot_settling
+from fflab.recipes import get_recipe
 from fflab.train import build_task, evaluate_run, fit
 
 SMALL = dict(hidden=(32, 32), iterations=4, eval_window=(2, 3), epochs=2, batch_size=50, train_eval_size=100,
@@ -176,7 +182,7 @@ def test_step_gradient_equals_sum_of_per_iteration_updates():
         torch.testing.assert_close(acc, grads[i])
 
 
-# ----------------------------------------------------------------------------- the fused engine
+# ----------------------------------------------------------------------------- the shared engine
 def autograd_step(net, x, y, y_neg, iterations):
     """The training step's FF loss by autograd (the ``engine=autograd`` path): grads set, loss returned."""
     b = x.shape[0]

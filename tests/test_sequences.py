@@ -1,4 +1,4 @@
-"""Sequences and sleep (SPEC section 7), the block-goodness and fast-learning recipes.
+"""Sequences and sleep (paper section 7), the block-goodness and fast-learning recipes.
 
 Synthetic strings stand in for the Aesop text (the loader is replaced), except in the one test
 that checks the real split when the text is at hand."""
@@ -10,13 +10,24 @@ import torch
 import fflab.experiments.sequences as seq
 from fflab import runs
 from fflab.config import apply_overrides, to_dict
-from fflab.experiments import config_from_dict as from_dict
 from fflab.errors import ConfigError
+from fflab.experiments import config_from_dict as from_dict
+from fflab.experiments.sequences import (
+    CONTEXT,
+    IN_FEATURES,
+    NUM_SYMBOLS,
+    SequenceBPConfig,
+    SequenceFFConfig,
+    candidate_goodness,
+    contexts,
+    encode_cases,
+    generate,
+    phase_schedule,
+    sample_candidates,
+    teacher_negatives,
+)
 from fflab.nets import FFNet
 from fflab.recipes import all_recipes
-from fflab.experiments.sequences import (CONTEXT, IN_FEATURES, NUM_SYMBOLS, SequenceBPConfig, SequenceFFConfig,
-                             candidate_goodness, contexts, encode_cases, generate, phase_schedule,
-                             sample_candidates, teacher_negatives)
 from fflab.train import build_task, evaluate_run, fit
 
 QUIET = dict(progress=False, log=lambda s: None)

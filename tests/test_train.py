@@ -5,9 +5,9 @@ import torch
 
 from fflab import runs
 from fflab.config import apply_overrides
+from fflab.errors import CheckpointError, ConfigError
 from fflab.experiments.backprop import BPConfig
 from fflab.experiments.supervised import SupervisedFFConfig
-from fflab.errors import CheckpointError, ConfigError
 from fflab.train import evaluate_run, fit
 
 SMALL = dict(hidden=(32, 32), eval_from_layer=0, epochs=3, batch_size=50, train_eval_size=100, threads=1, eval_every=1)
@@ -153,8 +153,8 @@ def test_out_of_range_values_are_clear_errors(override, says):
 def test_bad_values_found_when_the_net_is_built_are_config_errors(override, says):
     """Checked by the layers (ValueError) or torch (RuntimeError), not by the config: still one
     ConfigError naming the key, which the command line prints as one line."""
-    from fflab.train import build_task
     from fflab.runtime import resolve_device
+    from fflab.train import build_task
     cfg = apply_overrides(SupervisedFFConfig(hidden=(40, 40)), [override])
     with pytest.raises(ConfigError, match=says):
         build_task(cfg, resolve_device(cfg.device))
@@ -233,7 +233,8 @@ def test_neutral_every_skips_the_neutral_pass_and_uses_cached_probabilities(engi
     head = task.modules["head"]
     seen = []
     real = supervised.hard_wrong_labels
-    monkeypatch.setattr(supervised, "hard_wrong_labels", lambda p, y, generator: seen.append(p.clone()) or real(p, y, generator=generator))
+    monkeypatch.setattr(supervised, "hard_wrong_labels",
+                        lambda p, y, generator: seen.append(p.clone()) or real(p, y, generator=generator))
     g = torch.Generator().manual_seed(0)
     x, y = torch.rand(6, 784), torch.arange(6) % 10
     idx = torch.arange(6)
@@ -314,12 +315,12 @@ def test_bf16_on_a_cpu_without_native_bf16_warns(native, monkeypatch, recwarn):
 
 
 def test_engine_auto_is_the_shared_engine_where_the_net_allows_it():
-    """engine=auto picks the fastest engine that supports the net: fused for dense layers
-    (BENCHMARKS.md, thirteenth session), autograd for layers the analytic engines do not
+    """engine=auto picks the fastest engine that supports the net: shared for dense layers
+    (BENCHMARKS.md), autograd for layers the analytic engines do not
     differentiate (here local receptive fields)."""
+    from fflab._engines.supervised import choose_engine
     from fflab.local import FFLocal
     from fflab.nets import FFNet
-    from fflab._engines.supervised import choose_engine
     dense = FFNet.dense(784, [8, 8])
     assert choose_engine("auto", dense) == "shared"
     assert choose_engine("analytic", dense) == "analytic"

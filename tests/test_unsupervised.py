@@ -6,12 +6,12 @@ import torch
 
 from fflab import runs
 from fflab.config import apply_overrides, to_dict
-from fflab.experiments import config_from_dict as from_dict
 from fflab.errors import ConfigError
-from fflab.local import FFLocal, MNIST_LOCAL_LAYERS
+from fflab.experiments import config_from_dict as from_dict
+from fflab.experiments.unsupervised import UnsupervisedFFConfig, build_net
+from fflab.local import MNIST_LOCAL_LAYERS, FFLocal
 from fflab.recipes import get_recipe
 from fflab.train import build_task, evaluate_run, fit
-from fflab.experiments.unsupervised import UnsupervisedFFConfig, build_net
 
 CPU = torch.device("cpu")
 SMALL = dict(hidden=(24, 24, 24, 24), epochs=2, batch_size=50, train_eval_size=100, threads=1)
@@ -175,8 +175,8 @@ def test_plots_read_local_run(tmp_path, tiny_mnist):
 
 
 def test_dead_units_counts_units_never_active():
-    from fflab.nets import FFNet
     from fflab.experiments.unsupervised import dead_units
+    from fflab.nets import FFNet
     torch.manual_seed(0)
     net = FFNet.dense(784, [10, 8])
     with torch.no_grad():

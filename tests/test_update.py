@@ -7,7 +7,6 @@ import torch
 
 from fflab._engines.update import CompiledUpdate, GradProduct, ProductSGD
 
-
 OPTIMIZERS = {
     # the official EMA smoothing (dampening = momentum) with weight decay, as make_optimizer builds it
     "sgd": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, dampening=0.9, weight_decay=1e-2, fused=True),

@@ -5,13 +5,13 @@ Public API re-exported here; the core import stays light (no matplotlib).
 __version__ = "0.1.0"
 
 from .errors import CheckpointError, ConfigError, DataError, FFLabError, TrainingDiverged
-from .objective import ff_loss, mean_of_squares, min_sum_of_squares, p_positive, sum_of_squares
-from .layers import FFDense, FFLayer, normalize
-from .nets import CNN, FFNet, SoftmaxHead, mlp
-from .negatives import hard_wrong_labels, overlay_label, uniform_wrong_labels
-from .local import FFLocal
-from .hybrid import hybrid_negatives, make_masks
 from .fast import fast_update
+from .hybrid import hybrid_negatives, make_masks
+from .layers import FFDense, FFLayer, normalize
+from .local import FFLocal
+from .negatives import hard_wrong_labels, overlay_label, uniform_wrong_labels
+from .nets import CNN, FFNet, SoftmaxHead, mlp
+from .objective import ff_loss, mean_of_squares, min_sum_of_squares, p_positive, sum_of_squares
 
 __all__ = [
     "__version__", "FFLabError", "ConfigError", "DataError", "CheckpointError", "TrainingDiverged",

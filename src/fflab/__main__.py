@@ -1,5 +1,5 @@
 """``python -m fflab``: the ``fflab`` command where its script is not on the PATH (e.g. a
-checkout used through ``PYTHONPATH=src``, as ``benchmarks/gpu_session.sh`` does)."""
+checkout used through ``PYTHONPATH=src``, as ``benchmarks/gpu_run.sh`` does)."""
 import sys
 
 from .cli.main import main

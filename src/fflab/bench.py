@@ -16,8 +16,8 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import time
-
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -55,8 +55,9 @@ def _timeit(fn: Callable[[], Any], *, reps: int, warmup: int = 1,
 def _interleaved(fns: dict[str, Callable[[], Any]], *, reps: int,
                  device: torch.device | None = None) -> dict[str, list[float]]:
     """Seconds per call of each of ``fns``, timed in turns (a, b, a, b, ...) after one warm-up
-    call each, so that the machine's slow and fast periods (a shared VM drifts by 10-50% within
-    minutes on a shared machine) fall on every function alike and the i-th times of two functions can be paired."""
+    call each, so that the machine's slow and fast periods (a shared machine drifts by 10-50%
+    within minutes) fall on every function alike and the i-th times of two functions can be
+    paired."""
     for fn in fns.values():
         fn()
     out: dict[str, list[float]] = {k: [] for k in fns}
@@ -181,8 +182,9 @@ def eval_throughput(cfg: SupervisedFFConfig, *, n: int, reps: int,
     x, _ = _synthetic(n, device)
     out = {}
     for name, per_label, h in (("per_label", True, None), ("one_pass", False, head)):
-        out[name] = _summary(_timeit(lambda: predict(net, h, x, layers=layers, per_label=per_label, rt=rt),
-                                     reps=reps, device=device), n)
+        def run(h=h, per_label=per_label) -> None:
+            predict(net, h, x, layers=layers, per_label=per_label, rt=rt)
+        out[name] = _summary(_timeit(run, reps=reps, device=device), n)
     return out
 
 

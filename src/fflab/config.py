@@ -14,11 +14,11 @@ import json
 import math
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from .errors import ConfigError
-
 
 # Ranges by key name, checked whenever a config is made (recipes, overrides, a run folder's
 # config.json), for every config kind that has the key, including those of later modules. Without

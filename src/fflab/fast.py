@@ -29,12 +29,14 @@ Normalization: the paper states the result for vectors of length 1, so the defau
 normalization (``h / |h|``), for the input x too. The networks' RMS normalization
 (``fflab.layers.normalize``) differs only by the constant factor sqrt(D), which the ``eta`` above
 absorbs, so ``norm="rms"`` is just as exact for the layers of an fflab network; any other function
-can be passed as ``norm`` (the step is exact if it is scale invariant). DEVIATION: none from the paper's math; the paper does not say how biases are
-treated, and this module treats a bias as a weight on a constant input of 1.
+can be passed as ``norm`` (the step is exact if it is scale invariant).
+
+DEVIATION: none from the paper's math; the paper does not say how biases are treated, and this
+module treats a bias as a weight on a constant input of 1.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn

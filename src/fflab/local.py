@@ -1,5 +1,5 @@
 """Locally connected FF layers: local receptive fields without weight sharing (paper sections 3.2
-and 4, CIFAR-10; SPEC sections 3 and 6).
+and 4, CIFAR-10).
 
 The paper's best unsupervised MNIST model (1.16%) and all its CIFAR-10 models use hidden layers
 whose units are laid out on a map of locations; each unit sees only a ``patch x patch`` patch of
@@ -18,10 +18,9 @@ That is ``impl="bmm"``. The default, ``impl="dense"``, computes the same functio
 GEMM: the local weights are scattered into a zero (out_features, in_features) matrix (a fixed
 index, built once) and ``F.linear`` does the rest; autograd gathers the weight gradient back
 from the dense product. It does ~1/density more multiply-adds (about 8x for the MNIST geometry
-below) but each bmm of the per-location path has only U = 10 columns, far from the matmul peak.
-Measured on one CPU thread, forward + backward on 200 cases (positives and negatives): layer 1
-(1, 28, 28) -> (10, 14, 14) 27.4 ms (bmm) vs 20.3 ms (dense); layers 2-4 (10, 14, 14) ->
-(10, 14, 14) 80.2 ms vs 44.7 ms. The two give the same outputs and gradients (tests).
+below) but each bmm of the per-location path has only U = 10 columns, far from the matmul peak,
+and on a CPU the dense GEMM is the faster of the two for this geometry
+(``benchmarks/local_layer.py`` times both). The two give the same outputs and gradients (tests).
 
 Output order is channel-major: unit u at location (i, j) is output column
 ``u * H_out * W_out + i * W_out + j``, i.e. the flat output reshapes to an image (U, H_out, W_out)
@@ -29,7 +28,7 @@ with U channels, so a second ``FFLocal`` with ``in_shape=first.out_shape`` reads
 (and length normalization, which acts on the flat vector, is unaffected by the order).
 
 Geometry (not stated in the paper for MNIST; our choice, see ``MNIST_LOCAL_LAYERS``):
-CIFAR-10 (paper section 4, SPEC section 6) uses 32x32 maps with 3 units per location (3072
+CIFAR-10 (paper section 4) uses 32x32 maps with 3 units per location (3072
 units) and 11x11 fields, i.e. stride 1 and padding 5. For MNIST we keep the 11x11 bottom-up
 field in the first layer but use stride 2 and padding 5: a 14x14 map with 10 units per location
 is 1960 units, as many as the 2000-unit dense layers the paper compares against. Layers 2-4 read
@@ -159,8 +158,8 @@ class FFLocal(FFLayer):
             bias = self.bias.t().reshape(-1)          # (U, L) flattened: channel-major like the rows
             return F.relu(F.linear(x.reshape(b, -1), self.dense_weight(), bias))
         # Patches as a strided view (B, C, H_out, W_out, patch, patch), then ONE copy into the
-        # GEMM layout (L, B, K); K is ordered (channel, row, column) like F.unfold. On CPU this was
-        # 3-9x faster at batch 64 than F.unfold followed by the permute copy (equal at batch 1000).
+        # GEMM layout (L, B, K); K is ordered (channel, row, column) like F.unfold. One copy
+        # instead of F.unfold's and then the permute's (benchmarks/local_layer.py times both).
         p, s = self.patch, self.stride
         if self.padding:
             x = F.pad(x, (self.padding,) * 4)
@@ -187,9 +186,9 @@ def local_stack(in_shape: tuple[int, int, int], layers: tuple[dict[str, int], ..
     """
     out = nn.ModuleList()
     shape = tuple(in_shape)
-    for i, spec in enumerate(layers):
+    for i, geometry in enumerate(layers):
         try:
-            layer = FFLocal(shape, **spec, **objective)
+            layer = FFLocal(shape, **geometry, **objective)
         except ValueError as e:
             raise ValueError(f"local layer {i}: {e}") from None
         out.append(layer)

@@ -5,7 +5,7 @@ one-pass softmax readout) and section 3.1 (backprop baselines).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +29,7 @@ class FFNet(nn.Module):
 
     @classmethod
     def dense(cls, in_features: int, hidden: Sequence[int], *, goodness: str = "ssq",
-              threshold: float | None = None, peer_norm: float = 0.0, block_size: int = 0) -> "FFNet":
+              threshold: float | None = None, peer_norm: float = 0.0, block_size: int = 0) -> FFNet:
         sizes = [in_features, *hidden]
         return cls([FFDense(sizes[i], sizes[i + 1], goodness=goodness, threshold=threshold,
                             peer_norm=peer_norm, block_size=block_size) for i in range(len(hidden))])
@@ -77,7 +77,7 @@ class SoftmaxHead(nn.Module):
 
 
 def mlp(in_features: int, hidden: Sequence[int], num_classes: int = 10) -> nn.Sequential:
-    """Permutation-invariant ReLU MLP for the backprop baseline (SPEC section 2)."""
+    """Permutation-invariant ReLU MLP for the backprop baseline (paper section 3.1)."""
     sizes = [in_features, *hidden]
     mods: list[nn.Module] = []
     for a, b in zip(sizes[:-1], sizes[1:]):
@@ -87,7 +87,7 @@ def mlp(in_features: int, hidden: Sequence[int], num_classes: int = 10) -> nn.Se
 
 
 class CNN(nn.Module):
-    """A sensible small CNN for the backprop baseline (SPEC section 2, about 0.6% on MNIST)."""
+    """A small CNN for the backprop baseline (paper section 3.1; its MNIST error is in RESULTS.md)."""
 
     def __init__(self, num_classes: int = 10, *, channels: tuple[int, int] = (32, 64),
                  hidden: int = 256, dropout: float = 0.25) -> None:

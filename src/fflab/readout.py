@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -88,7 +89,8 @@ def frozen_readout(f_train: torch.Tensor, y_train: torch.Tensor, f_test: torch.T
     if not weight_decays or any(wd < 0 for wd in weight_decays):
         raise ConfigError(f"weight decays must be a non-empty list of values >= 0; got {list(weight_decays)}")
     if not 0 < val_size < f_train.shape[0]:
-        raise ConfigError(f"val_size={val_size} must be between 1 and the training-set size - 1 ({f_train.shape[0] - 1})")
+        raise ConfigError(f"val_size={val_size} must be between 1 and the training-set size - 1 "
+                          f"({f_train.shape[0] - 1})")
     t0 = time.perf_counter()
     n = f_train.shape[0] - val_size
     val_errors = {}

@@ -93,7 +93,7 @@ def environment() -> dict[str, Any]:
         "platform": platform.platform(),
         "cpu": cpu,
         # "AMD EPYC" names both Zen 3 (AVX2) and Zen 4 (AVX-512, native bf16), whose speeds differ
-        # by up to 2 x in fp32 and 10-80 x in bf16: the vector ISA torch dispatches to tells them apart.
+        # widely, most in bf16 (BENCHMARKS.md): the vector ISA torch dispatches to tells them apart.
         "cpu_capability": _cpu_capability(),
         "native_bf16": products.NATIVE_BF16,
         "cpu_count": os.cpu_count(),

@@ -1,8 +1,9 @@
 """What a kind of run plugs into the training loop (``fflab.train.fit``)."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn

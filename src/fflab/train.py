@@ -9,8 +9,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -65,7 +66,8 @@ def fit(cfg: Any, out: str, *, recipe: str | None = None, resume: bool = False,
     """
     rt = runtime.resolve(cfg)
     if cfg.dtype != rt.dtype:
-        log(f"dtype {cfg.dtype} -> {rt.dtype} ({'' if rt.dtype == 'bfloat16' else 'no '}native bf16 on {rt.device.type})")
+        native = "" if rt.dtype == "bfloat16" else "no "
+        log(f"dtype {cfg.dtype} -> {rt.dtype} ({native}native bf16 on {rt.device.type})")
         # config.json gets the dtype the run uses, so a resume elsewhere continues it alike
         cfg = dataclasses.replace(cfg, dtype=rt.dtype)
     data = load_data(cfg, rt.device, data_dir)

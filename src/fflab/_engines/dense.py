@@ -13,7 +13,7 @@ both against autograd.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -174,7 +174,7 @@ class LabelledInput:
         first layer's dL/dz per input row (2B, out0), from which ``add_label_grad`` adds them.
         Split so that ``compiled_ff_backward`` can leave that small update out of the compiled
         graph: compiled, the scatter-add becomes atomic adds and the C-column update a rewrite
-        of all of W0's gradient (together ~1 ms per 3 x 1000 step)."""
+        of all of W0's gradient, both slower than the eager update."""
         net, b = self.net, self.img.shape[0]
         layer0 = net.layers[0]
         z_pos, r = self.first_z(y_pos)
@@ -216,7 +216,7 @@ def compiled_ff_backward(device: torch.device) -> Callable[..., torch.Tensor]:
     """``LabelledInput.ff_backward`` through ``torch.compile`` (inductor, static shapes).
 
     The products stay library calls; what compiling buys is the elementwise work between them
-    (goodness, sigmoid, dL/dz, peer normalization, length normalization, dtype casts) fused into a
+    (goodness, sigmoid, dL/dz, peer normalization, length normalization, dtype casts) merged into a
     few loops instead of ~15 passes over each (2B, D) activity tensor. The first call compiles
     (seconds); a new batch size (e.g. a short last batch) compiles once more, and so does each new
     net in the same process (torch falls back to eager, with a warning, after its recompile limit).

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from typing import Iterator, Optional
+from collections.abc import Iterator
+from typing import Optional
 
 import torch
 
@@ -43,16 +44,18 @@ def use_onednn(enabled: bool) -> Iterator[None]:
 def onednn_active() -> bool:
     """Whether ``linear`` may call oneDNN here and now."""
     return ONEDNN_AVAILABLE and _ONEDNN_ON.get() and torch.backends.mkldnn.enabled
-# oneDNN's linear costs ~40 us per call whatever its size (``addmm``: ~10 us), so small products
-# stay with ``addmm``: on one thread of an AMD Zen 4 the two broke even between 3.3 M (oneDNN 12%
-# slower) and 6.6 M multiply-adds (oneDNN 22% faster).
+
+
+# oneDNN's linear has a fixed cost per call several times ``addmm``'s, whatever the size, so
+# small products stay with ``addmm``; this threshold is where the two broke even on one thread
+# of an AMD Zen 4 (docs/speed-notes.md).
 MIN_ONEDNN_MACS = 1 << 22
 
 
 # Whether this CPU runs bf16 products natively (AVX-512 BF16 or AMX: Zen 4, Sapphire Rapids).
 # Without (e.g. an AVX2-only Zen 3), oneDNN refuses to build a bf16 linear at all ("could not
 # create a primitive descriptor", from deep inside torch) and torch's bf16 ``mm`` runs a slow
-# fallback, 10-80 x slower than fp32 (BENCHMARKS.md). Read on every call.
+# fallback, many times slower than fp32 (BENCHMARKS.md). Read on every call.
 NATIVE_BF16 = bool(torch.backends.mkldnn.is_available()
                    and getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
 

@@ -16,7 +16,7 @@ Engines (``engine=``), all making the same updates up to float rounding (tests/t
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -104,6 +104,16 @@ class SupervisedEngine:
             # fp32 SGD: each weight-gradient product made straight into the momentum buffer
             # (the same update as opt.step(), tests/test_update.py).
             self._net_update = ProductSGD(opt)
+
+    def use_plain(self, *, update: bool = False, head: bool = False) -> None:
+        """From now on make the net's optimizer step with ``opt.step()`` (``update``) and the head's
+        gradient with autograd (``head``) instead of this engine's merged update and compiled
+        neutral pass: the same numbers up to rounding; benchmarks time one against the other.
+        Call before the first step."""
+        if update:
+            self._net_update = None
+        if head:
+            self._neutral_compiled = None
 
     @property
     def _defer(self) -> bool:

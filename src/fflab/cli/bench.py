@@ -31,8 +31,8 @@ def run(args: argparse.Namespace) -> int:
 
     from ..bench import format_table, run_benchmark
     from ..config import apply_overrides
-    from ..experiments.supervised import SupervisedFFConfig
     from ..errors import ConfigError
+    from ..experiments.supervised import SupervisedFFConfig
     if args.threads < 0 or args.steps < 1 or args.reps < 1:
         raise ConfigError(f"--threads must be >= 0, --steps and --reps >= 1 "
                           f"(got {args.threads}, {args.steps}, {args.reps})")

@@ -18,8 +18,8 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, help="random seed (same seed, same machine: same numbers)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
     p.add_argument("--quick", action="store_true", help="tiny smoke-test version of the recipe")
-    p.add_argument("--data-dir", help="folder holding the dataset files (else $FFLAB_DATA_DIR; with neither: the cache, "
-                        "then a download); a named folder with missing or bad files is an error")
+    p.add_argument("--data-dir", help="folder holding the dataset files (else $FFLAB_DATA_DIR; with neither: the "
+                        "cache, then a download); a named folder with missing or bad files is an error")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar (one line per epoch only); automatic when stderr is not a terminal")
     p.set_defaults(func=run)

@@ -36,9 +36,9 @@ import re
 import tempfile
 import unicodedata
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 

@@ -40,7 +40,7 @@ def read_run_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     A damaged last line is skipped (the run may be writing it right now); a damaged line before it,
     or a file with no records, is a ``CheckpointError``.
     """
-    from ..runs import read_metrics   # the parser resume uses: same rules for a torn last line
+    from ..runs import read_metrics  # the parser resume uses: same rules for a torn last line
     p = _run_path(run_dir)
     records = read_metrics(p)
     if not records:

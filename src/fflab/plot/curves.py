@@ -3,13 +3,28 @@ the number of iterations, and several runs' test error on one axis."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ..errors import CheckpointError
-from ._common import (_ITER, _SPLIT_STYLE, _curve_keys, _error_axis, _error_keys, _figure, _integer_ticks,
-                      _number, _percent, _read_config, _run_name, _run_path, _save, _series, _split_method,
-                      read_run_metrics)
+from ._common import (
+    _ITER,
+    _SPLIT_STYLE,
+    _curve_keys,
+    _error_axis,
+    _error_keys,
+    _figure,
+    _integer_ticks,
+    _number,
+    _percent,
+    _read_config,
+    _run_name,
+    _run_path,
+    _save,
+    _series,
+    _split_method,
+    read_run_metrics,
+)
 
 
 def plot_learning_curves(run_dir: str | Path, out: str | Path | None = None) -> Path:
