@@ -21,9 +21,10 @@ Per step, as that code does it:
   activities of layers 2..3 (2000 features) into a bias-free linear softmax head, cross-entropy
   on max-subtracted logits, and its accuracy;
 - one ``backward()`` of the summed losses (weight gradients only: every layer's input is
-  detached), ``torch.optim.SGD`` (lr 1e-3, momentum 0.9, weight decay 3e-4; that code's second
-  parameter group, meant for the head, receives the loss module's parameters, which are none, so
-  every weight is in the first group), and every logged scalar read with ``.item()``.
+  detached), ``torch.optim.SGD`` with two parameter groups as that code's current version has
+  them: the FF layers at lr 1e-3, weight decay 3e-4, and the softmax head at lr 1e-2, weight
+  decay 3e-3, both momentum 0.9 and cooled linearly over the second half; and every logged
+  scalar read with ``.item()``.
 
 ``training_loop`` (what ``engine_ab.py`` times) leaves out the data pipeline, which can only
 make this model faster than the code it stands for: that code builds each image's three
@@ -132,8 +133,16 @@ class ReferenceFF(nn.Module):
         return torch.cat(feats, dim=-1)
 
 
+HEAD_LR, HEAD_WEIGHT_DECAY = 1e-2, 3e-3   # that code's "downstream" group: the softmax head
+
+
 def _sgd(model: ReferenceFF, lr: float = 1e-3) -> torch.optim.SGD:
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=3e-4)
+    head = set(map(id, model.head.parameters()))
+    ff = [p for p in model.parameters() if id(p) not in head]
+    return torch.optim.SGD([
+        {"params": ff, "lr": lr, "weight_decay": 3e-4, "momentum": 0.9},
+        {"params": list(model.head.parameters()), "lr": HEAD_LR, "weight_decay": HEAD_WEIGHT_DECAY,
+         "momentum": 0.9}])
 
 
 def _train_step(model: ReferenceFF, opt: torch.optim.Optimizer, pos: torch.Tensor, neg: torch.Tensor,
@@ -281,6 +290,7 @@ def main() -> None:
           f"{'DataLoader (4 workers)' if args.loader else 'batches sliced from tensors'}")
     for epoch in range(args.epochs):
         opt.param_groups[0]["lr"] = _cooled_lr(lr, epoch, args.epochs)
+        opt.param_groups[1]["lr"] = _cooled_lr(HEAD_LR, epoch, args.epochs)
         start, total = time.perf_counter(), 0.0
         if args.loader:
             batches = ((v["pos"].flatten(1), v["neg"].flatten(1), v["neutral"].flatten(1), t) for v, t in loader)

@@ -193,7 +193,17 @@ def run_benchmark(hidden: tuple[int, ...] = (1000, 1000, 1000), *, batch_size: i
                   device: str = "auto", engine: str = "auto", neutral_every: int = 1,
                   optimizer: str = "adam", compile: bool = False,
                   epoch_images: int = 60000) -> dict[str, Any]:
-    """The five measurements (a)-(e) for one network; returns a JSON-able dict."""
+    """The five measurements (a)-(e) for one network, denormals flushed as in training;
+    returns a JSON-able dict."""
+    with runtime.flush_denormals():
+        return _run_benchmark(hidden, batch_size=batch_size, dtype=dtype, negatives=negatives, steps=steps,
+                              reps=reps, device=device, engine=engine, neutral_every=neutral_every,
+                              optimizer=optimizer, compile=compile, epoch_images=epoch_images)
+
+
+def _run_benchmark(hidden: tuple[int, ...], *, batch_size: int, dtype: str, negatives: str, steps: int,
+                   reps: int, device: str, engine: str, neutral_every: int, optimizer: str, compile: bool,
+                   epoch_images: int) -> dict[str, Any]:
     from .runs import environment
     sizes = [784, *hidden]
     macs = forward_macs(sizes)

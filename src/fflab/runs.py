@@ -74,7 +74,7 @@ def environment() -> dict[str, Any]:
     """Versions and hardware, as printed by ``fflab env`` and stored in every run folder."""
     import numpy
 
-    from . import __version__
+    from . import __version__, runtime
     from ._engines import products
     cpu = platform.processor() or platform.machine()
     try:
@@ -98,6 +98,8 @@ def environment() -> dict[str, Any]:
         "native_bf16": products.NATIVE_BF16,
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        # on in every run folder (fflab.runtime.flush_denormals); `fflab env` reports the shell's
+        "denormals_flushed": runtime.denormals_flushed(),
         "cuda": torch.cuda.is_available(),
         "git_commit": git_commit(),
     }

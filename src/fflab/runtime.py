@@ -5,11 +5,20 @@
 multiplies bf16 natively (a CPU with AVX-512 BF16 or AMX, a bf16 GPU) and float32 elsewhere, where
 bf16 products run many times slower than fp32 (BENCHMARKS.md). Everything downstream reads the
 ``Runtime``, never the config's runtime keys.
+
+``flush_denormals()`` runs a block with the CPU's flush-to-zero and denormals-are-zero modes on:
+fp32 training produces denormal numbers (below 1.2e-38), most of them in Adam's second-moment
+estimates of weights whose gradient has become zero (the incoming weights of units that no
+longer fire: the estimate decays by beta2 = 0.999 a step and stays denormal for thousands of
+steps) and in the activities and gradients that come from them; on x86 CPUs each operation on
+one can take a slow path many times slower, so late epochs slow down (BENCHMARKS.md).
+Flushing them to zero changes the numbers far below anything a float32 sum can resolve.
 """
 from __future__ import annotations
 
 import contextlib
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +27,26 @@ import torch
 from .errors import ConfigError, SlowDtypeWarning
 
 DTYPES = ("float32", "bfloat16", "auto")
+
+
+def denormals_flushed() -> bool:
+    """Whether this thread flushes denormal fp32 numbers to zero now (torch has no getter: a
+    denormal made by a multiplication comes out as 0 when the mode is on)."""
+    return torch.tensor([1e-30], dtype=torch.float32).mul(1e-10).item() == 0.0
+
+
+@contextlib.contextmanager
+def flush_denormals(enabled: bool = True) -> Iterator[bool]:
+    """Within the block, CPU arithmetic flushes denormal numbers to zero (``enabled``); yields
+    whether the CPU supports it. The caller's mode is restored after. Threads that torch started
+    before the block keep their own mode, so fflab turns it on before the first large operation
+    of a run."""
+    before = denormals_flushed()
+    supported = torch.set_flush_denormal(enabled)
+    try:
+        yield supported and enabled
+    finally:
+        torch.set_flush_denormal(before)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -61,9 +61,17 @@ def fit(cfg: Any, out: str, *, recipe: str | None = None, resume: bool = False,
         stop_after_epoch: int | None = None) -> dict[str, Any]:
     """Train ``cfg`` into run folder ``out`` (or continue it with ``resume=True``); return results.
 
-    ``stop_after_epoch`` ends the run early, as an interruption right after that epoch's
-    checkpoint would (tests use it).
+    The whole run flushes denormal numbers to zero (``runtime.flush_denormals``; the caller's
+    mode is restored after). ``stop_after_epoch`` ends the run early, as an interruption right
+    after that epoch's checkpoint would (tests use it).
     """
+    with runtime.flush_denormals():
+        return _fit(cfg, out, recipe=recipe, resume=resume, data_dir=data_dir, progress=progress, log=log,
+                    stop_after_epoch=stop_after_epoch)
+
+
+def _fit(cfg: Any, out: str, *, recipe: str | None, resume: bool, data_dir: str | None, progress: bool,
+         log: Callable[[str], None], stop_after_epoch: int | None) -> dict[str, Any]:
     rt = runtime.resolve(cfg)
     if cfg.dtype != rt.dtype:
         native = "" if rt.dtype == "bfloat16" else "no "
@@ -204,8 +212,9 @@ def load_run(run_dir: str, device: str | None = None) -> tuple[Any, Task, Runtim
 def evaluate_run(run_dir: str, *, data_dir: str | None = None, split: str = "test",
                  device: str | None = None) -> dict[str, float]:
     """Rebuild a run's model from its folder (no code executed on load) and evaluate it
-    (on ``device``, None: the run's own)."""
-    cfg, task, rt = load_run(run_dir, device)
-    task.train(False)
-    data = load_data(cfg, rt.device, data_dir)
-    return task.evaluate(data[f"x_{split}"], data[f"y_{split}"])
+    (on ``device``, None: the run's own), denormals flushed as in training."""
+    with runtime.flush_denormals():
+        cfg, task, rt = load_run(run_dir, device)
+        task.train(False)
+        data = load_data(cfg, rt.device, data_dir)
+        return task.evaluate(data[f"x_{split}"], data[f"y_{split}"])

@@ -16,12 +16,12 @@ def demo(quick: bool):
     at full length with them).
 
     Command: ``fflab train demo``. Runtime: under 10 minutes on 2 cores of an AMD EPYC (Zen 3,
-    AVX2 only); result and time in RESULTS.md. ``compile=false`` so that a machine without a C++
-    compiler runs it as is.
+    AVX2 only, fp32); result and time in RESULTS.md. bf16 products where the CPU has them
+    (``dtype=auto``); ``compile=false`` so that a machine without a C++ compiler runs it as is.
     """
     cfg = SupervisedFFConfig(hidden=(1000, 1000, 1000), epochs=20, batch_size=100, optimizer="adam",
                              lr=1e-3, head_lr=1e-3, negatives="hard", eval_every=5, train_eval_size=2000,
-                             engine="shared", compile="false")
+                             engine="shared", compile="false", dtype="auto")
     return quick_mode(cfg, hidden=(64, 64)) if quick else cfg
 
 
@@ -31,13 +31,13 @@ def ff_fast(quick: bool):
 
     Target: 1.5% MNIST test error within 10 minutes on a 2-core CPU. Command: ``fflab train ff-fast``
     (``compile=false`` without a C++ compiler). Runtime: about 9 minutes on 2 cores of an AMD EPYC
-    Zen 3 (RESULTS.md). DEVIATION: Adam instead of the official SGD; jitter is from the paper's
-    section 3.3, not the official code.
+    Zen 3 in fp32 (RESULTS.md); bf16 where the CPU has it (``dtype=auto``). DEVIATION: Adam
+    instead of the official SGD; jitter is from the paper's section 3.3, not the official code.
     """
     cfg = SupervisedFFConfig(hidden=(1000, 1000, 1000), epochs=24, batch_size=100, optimizer="adam",
                              lr=1e-3, head_lr=1e-3, negatives="hard", eval_every=8, train_eval_size=2000,
                              **_OFFICIAL_REGULARIZERS, engine="shared", compile="true", neutral_every=4,
-                             jitter=1)
+                             jitter=1, dtype="auto")
     return quick_mode(cfg, **_QUICK) if quick else cfg
 
 
