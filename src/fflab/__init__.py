@@ -19,4 +19,14 @@ __all__ = [
     "FFLayer", "FFDense", "normalize", "FFNet", "SoftmaxHead", "mlp", "CNN",
     "overlay_label", "uniform_wrong_labels", "hard_wrong_labels",
     "FFLocal", "hybrid_negatives", "make_masks", "fast_update",
+    "fit", "evaluate_run", "get_recipe",
 ]
+
+
+def __getattr__(name: str):
+    # The training entry points pull in every kind of run: imported on first use only, so that
+    # ``import fflab`` stays light.
+    if name in ("fit", "evaluate_run", "get_recipe"):
+        from . import recipes, train
+        return {"fit": train.fit, "evaluate_run": train.evaluate_run, "get_recipe": recipes.get_recipe}[name]
+    raise AttributeError(f"module 'fflab' has no attribute {name!r}")

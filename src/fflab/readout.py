@@ -122,7 +122,7 @@ def readout_run(run_dir: str, *, layers: Sequence[int] | None = None, weight_dec
     cfg, task, rt = load_run(run_dir, device)
     net: FFNet = task.modules["net"]
     layers = _check_layers("layers", tuple(cfg.readout_layers if layers is None else layers), len(net.layers))
-    data = load_data(cfg, rt.device, data_dir)
+    data, _ = load_data(cfg, rt.device, data_dir)
     feats = {s: extract_features(net, data[f"x_{s}"], layers, rt=rt) for s in ("train", "test")}
     res = frozen_readout(feats["train"], data["y_train"], feats["test"], data["y_test"],
                          weight_decays=weight_decays, val_size=val_size, layers=layers, max_iter=max_iter)

@@ -11,6 +11,22 @@ from torch import nn
 from . import runs
 
 
+@dataclass(frozen=True)
+class DataShape:
+    """What the data looks like to a model: each image's (C, H, W) and the number of classes.
+    Builders read it for their input width, the label overlay, heads and local geometry."""
+    image_shape: tuple[int, int, int] = (1, 28, 28)
+    num_classes: int = 10
+
+    @property
+    def in_features(self) -> int:
+        c, h, w = self.image_shape
+        return c * h * w
+
+
+MNIST_SHAPE = DataShape()
+
+
 @dataclass
 class Task:
     """A kind of run's modules, optimizers, minibatch ``step`` and ``evaluate``."""

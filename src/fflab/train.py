@@ -9,36 +9,49 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from . import experiments, runs, runtime
+from . import experiments, inputs, runs, runtime
 from .errors import CheckpointError, ConfigError, TrainingDiverged
 from .optim import lr_factor
 from .runtime import Runtime
-from .task import Task, epoch_generator
+from .task import MNIST_SHAPE, DataShape, Task, epoch_generator
+
+DATA_FILE = "data.json"     # a run folder's record of its data's image shape and class count
+IN_MEMORY = "in-memory"     # the dataset name of a run trained with fit(data=...)
 
 # An epoch's mean training loss this many times the run's first step's is divergence, even while
 # finite (``lr=1e9`` sends the demo's loss to 4e25 without an inf).
 DIVERGED_FACTOR = 1e6
 
 
-def load_data(cfg: Any, device: torch.device, data_dir: str | None = None) -> dict[str, torch.Tensor]:
-    """Whole dataset as tensors on ``device`` (MNIST is 190 MB as float32: batches are index draws)."""
-    d = experiments.load_dataset(cfg, data_dir)
+def load_data(cfg: Any, device: torch.device, data_dir: str | None = None, *,
+              data: Mapping[str, Any] | Sequence[Any] | None = None,
+              ) -> tuple[dict[str, torch.Tensor], DataShape | None]:
+    """The whole dataset as tensors on ``device`` (MNIST is 190 MB as float32: batches are index
+    draws), from ``data`` (arrays the caller holds) or else ``cfg.dataset``, and its
+    ``DataShape`` (None for kinds that read no images)."""
+    kind = experiments.kind_of(cfg)
+    d = experiments.load_dataset(cfg, data_dir) if data is None else data
+    shape = None
+    if kind.images:
+        d, shape = inputs.prepare(d)
+    elif data is not None:
+        d = dict(zip(inputs.KEYS, data)) if not isinstance(data, Mapping) else dict(data)
     if cfg.train_subset:
         d["x_train"], d["y_train"] = d["x_train"][: cfg.train_subset], d["y_train"][: cfg.train_subset]
     if cfg.test_subset:
         d["x_test"], d["y_test"] = d["x_test"][: cfg.test_subset], d["y_test"][: cfg.test_subset]
-    return {k: v.to(device) for k, v in d.items()}
+    return {k: v.to(device) for k, v in d.items()}, shape
 
 
-def build_task(cfg: Any, rt: Runtime | torch.device | str) -> Task:
-    """The ``Task`` of ``cfg`` on runtime ``rt`` (a bare device means fp32 there), with the
-    model initialized from ``cfg.seed``."""
+def build_task(cfg: Any, rt: Runtime | torch.device | str, shape: DataShape | None = None) -> Task:
+    """The ``Task`` of ``cfg`` on runtime ``rt`` (a bare device means fp32 there) for data of
+    ``shape`` (None: MNIST's), with the model initialized from ``cfg.seed``."""
     kind = experiments.kind_of(cfg)
     if kind.build is None:
         raise ConfigError(f"{type(cfg).__name__} runs have no training task (fflab train runs them)")
@@ -46,7 +59,7 @@ def build_task(cfg: Any, rt: Runtime | torch.device | str) -> Task:
         rt = runtime.resolve(cfg, device=rt if isinstance(rt, torch.device) else rt, set_threads=False)
     torch.manual_seed(cfg.seed)  # model initialization
     try:
-        return kind.build(cfg, rt)
+        return kind.build(cfg, rt, shape or MNIST_SHAPE)
     except ValueError as e:
         if isinstance(e, ConfigError):
             raise
@@ -56,29 +69,37 @@ def build_task(cfg: Any, rt: Runtime | torch.device | str) -> Task:
         raise ConfigError(f"{type(cfg).__name__}: {e}") from e
 
 
-def fit(cfg: Any, out: str, *, recipe: str | None = None, resume: bool = False,
-        data_dir: str | None = None, progress: bool = True, log: Callable[[str], None] = print,
-        stop_after_epoch: int | None = None) -> dict[str, Any]:
+def fit(cfg: Any, out: str, *, data: Mapping[str, Any] | Sequence[Any] | None = None,
+        recipe: str | None = None, resume: bool = False, data_dir: str | None = None, progress: bool = True,
+        log: Callable[[str], None] = print, stop_after_epoch: int | None = None) -> dict[str, Any]:
     """Train ``cfg`` into run folder ``out`` (or continue it with ``resume=True``); return results.
 
-    The whole run flushes denormal numbers to zero (``runtime.flush_denormals``; the caller's
-    mode is restored after). ``stop_after_epoch`` ends the run early, as an interruption right
-    after that epoch's checkpoint would (tests use it).
+    ``data``: the arrays to train on (``x_train, y_train, x_test, y_test``, a dict or a 4-tuple of
+    tensors or numpy arrays; ``fflab.inputs.prepare`` says what it accepts) instead of
+    ``cfg.dataset``; the input size and class count come from them. The whole run flushes
+    denormal numbers to zero (``runtime.flush_denormals``; the caller's mode is restored after).
+    ``stop_after_epoch`` ends the run early, as an interruption right after that epoch's
+    checkpoint would (tests use it).
     """
     with runtime.flush_denormals():
-        return _fit(cfg, out, recipe=recipe, resume=resume, data_dir=data_dir, progress=progress, log=log,
-                    stop_after_epoch=stop_after_epoch)
+        return _fit(cfg, out, data=data, recipe=recipe, resume=resume, data_dir=data_dir, progress=progress,
+                    log=log, stop_after_epoch=stop_after_epoch)
 
 
-def _fit(cfg: Any, out: str, *, recipe: str | None, resume: bool, data_dir: str | None, progress: bool,
-         log: Callable[[str], None], stop_after_epoch: int | None) -> dict[str, Any]:
+def _fit(cfg: Any, out: str, *, data: Any, recipe: str | None, resume: bool, data_dir: str | None,
+         progress: bool, log: Callable[[str], None], stop_after_epoch: int | None) -> dict[str, Any]:
     rt = runtime.resolve(cfg)
     if cfg.dtype != rt.dtype:
         native = "" if rt.dtype == "bfloat16" else "no "
         log(f"dtype {cfg.dtype} -> {rt.dtype} ({native}native bf16 on {rt.device.type})")
         # config.json gets the dtype the run uses, so a resume elsewhere continues it alike
         cfg = dataclasses.replace(cfg, dtype=rt.dtype)
-    data = load_data(cfg, rt.device, data_dir)
+    if data is not None:   # the run folder says where its data came from
+        cfg = dataclasses.replace(cfg, dataset=IN_MEMORY)
+    elif cfg.dataset == IN_MEMORY:
+        raise ConfigError(f"dataset={IN_MEMORY}: this config comes from a run trained on arrays passed to "
+                          f"fit(data=...); pass them again")
+    data, shape = load_data(cfg, rt.device, data_dir, data=data)
     x_train, y_train = data["x_train"], data["y_train"]
     n = x_train.shape[0]
     steps = math.ceil(n / cfg.batch_size)
@@ -88,16 +109,22 @@ def _fit(cfg: Any, out: str, *, recipe: str | None, resume: bool, data_dir: str 
     kind = experiments.kind_of(cfg)
     if kind.run is not None:   # a kind with no training loop
         run = runs.Run(out, cfg, recipe=recipe)
-        results = kind.run(cfg, rt, {"test": data["x_test"], "train": x_train[train_eval_idx]}, run)
+        runs.write_json(run.path / DATA_FILE, inputs.shape_record(shape))
+        results = kind.run(cfg, rt, {"test": data["x_test"], "train": x_train[train_eval_idx]}, run, shape)
         run.log({"epoch": cfg.epochs, **results})
         results.update({"recipe": recipe, "device": str(rt.device), "dtype": rt.dtype})
         run.write_results(results)
         return results
 
-    task = build_task(cfg, rt)
+    task = build_task(cfg, rt, shape)
     if task.setup is not None:
         task.setup(data)
     run = runs.Run(out, cfg, recipe=recipe, resume=resume)
+    if shape is not None:
+        if resume and inputs.shape_from_record(_read_data_record(out)) != shape:
+            raise CheckpointError(f"{out} was trained on {_read_data_record(out) or 'MNIST-shaped data'}; "
+                                  f"this data is {inputs.shape_record(shape)}")
+        runs.write_json(run.path / DATA_FILE, inputs.shape_record(shape))
     if task.info:
         log(" | ".join(f"{k} {v}" for k, v in task.info.items()))
     start_epoch, wall, first_loss = 0, 0.0, None
@@ -191,6 +218,11 @@ def format_metrics(m: dict[str, Any]) -> str:
     return " | ".join(parts)
 
 
+def _read_data_record(run_dir: str | Path) -> dict[str, Any] | None:
+    p = Path(run_dir) / DATA_FILE
+    return runs.read_json(p) if p.exists() else None
+
+
 def load_run(run_dir: str, device: str | None = None) -> tuple[Any, Task, Runtime]:
     """A run folder's config and its task with the checkpointed weights (safetensors: no code
     executed on load), on ``device`` (None: the config's; a run trained with ``device=cuda``
@@ -204,17 +236,22 @@ def load_run(run_dir: str, device: str | None = None) -> tuple[Any, Task, Runtim
         raise ConfigError(f"{run_dir} was trained with device={cfg.device!r}: {e}; to evaluate it "
                           f"here, pass --device cpu") from None
     cfg = dataclasses.replace(cfg, dtype=rt.dtype)
-    task = build_task(cfg, rt)
+    shape = inputs.shape_from_record(_read_data_record(run_dir)) if experiments.kind_of(cfg).images else None
+    task = build_task(cfg, rt, shape)
     runs.load_model(Path(run_dir) / runs.MODEL_FILE, task.modules)
     return cfg, task, rt
 
 
 def evaluate_run(run_dir: str, *, data_dir: str | None = None, split: str = "test",
-                 device: str | None = None) -> dict[str, float]:
-    """Rebuild a run's model from its folder (no code executed on load) and evaluate it
-    (on ``device``, None: the run's own), denormals flushed as in training."""
+                 device: str | None = None, data: Mapping[str, Any] | Sequence[Any] | None = None,
+                 ) -> dict[str, float]:
+    """Rebuild a run's model from its folder (no code executed on load) and evaluate it (on
+    ``device``, None: the run's own; on ``data``, the arrays of a run trained with
+    ``fit(data=...)``), denormals flushed as in training."""
     with runtime.flush_denormals():
         cfg, task, rt = load_run(run_dir, device)
+        if cfg.dataset == IN_MEMORY and data is None:
+            raise ConfigError(f"{run_dir} was trained on arrays passed to fit(data=...): pass them as data=")
         task.train(False)
-        data = load_data(cfg, rt.device, data_dir)
+        data, _ = load_data(cfg, rt.device, data_dir, data=data)
         return task.evaluate(data[f"x_{split}"], data[f"y_{split}"])

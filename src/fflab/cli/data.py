@@ -2,9 +2,10 @@
 
     fflab data fetch mnist [--data-dir DIR] [--no-download]
     fflab data fetch fashion_mnist
+    fflab data fetch cifar10 [--data-dir DIR]
     fflab data info
 
-Serves the paper's MNIST experiments (sections 3 and 4): a machine that will train offline fetches first.
+Serves the paper's MNIST and CIFAR-10 experiments: a machine that will train offline fetches first.
 Imports stay inside ``run`` so that building the ``fflab`` parser costs nothing.
 """
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 
-KNOWN = "mnist, fashion_mnist"  # for --help only; fflab.data.mnist.DATASETS is the authority
+KNOWN = "mnist, fashion_mnist, cifar10"  # for --help only; the fetch functions are the authority
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -23,8 +24,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                        description="Get a dataset from the first source that has valid files and cache it.")
     f.add_argument("name", help=f"dataset name ({KNOWN})")
     f.add_argument("--data-dir", metavar="DIR", default=None,
-                   help="folder with the four IDX files (.gz or raw); default $FFLAB_DATA_DIR. A named "
-                        "folder is the only source: a missing or bad file there is an error")
+                   help="folder with the dataset's files (MNIST: the four IDX files, .gz or raw; CIFAR-10: "
+                        "an official archive); default $FFLAB_DATA_DIR. A named folder is the only "
+                        "source: a missing or bad file there is an error")
     f.add_argument("--no-download", action="store_true", help="do not use the network (mirrors, npm)")
     sub.add_parser("info", help="show the cache folder, the data dir and each dataset's sources",
                    description="Show the cache folder, the data dir and each dataset's sources, in order.")
@@ -39,9 +41,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _fetch(args) -> int:
+    from ..data.cifar import fetch_cifar10
     from ..data.mnist import fetch_dataset
 
-    got = fetch_dataset(args.name, data_dir=args.data_dir, download=not args.no_download)
+    fetch = fetch_cifar10 if args.name.strip().lower().replace("-", "") == "cifar10" else (
+        lambda **kw: fetch_dataset(args.name, **kw))
+    got = fetch(data_dir=args.data_dir, download=not args.no_download)
     a = got.arrays
     n_classes = len(set(a["y_train"].tolist()))
     print(f"{got.name}: {len(a['x_train'])} train / {len(a['x_test'])} test images "

@@ -26,10 +26,12 @@ __all__ = ["Kind", "KINDS", "DATASETS", "kind_of", "config_from_dict", "read_con
 
 @dataclass(frozen=True)
 class Kind:
-    """A kind of run: its config class and either ``build`` (a Task for the loop) or ``run``."""
+    """A kind of run: its config class and either ``build`` (a Task for the loop) or ``run``;
+    ``images``: whether it reads labelled images (checked and shaped by ``fflab.inputs``)."""
     config: type
     build: Callable[..., Any] | None = None
     run: Callable[..., dict[str, float]] | None = None
+    images: bool = True
 
 
 KINDS: dict[str, Kind] = {k.config.__name__: k for k in (
@@ -37,8 +39,8 @@ KINDS: dict[str, Kind] = {k.config.__name__: k for k in (
     Kind(backprop.BPConfig, build=backprop.build),                      # section 3.1
     Kind(unsupervised.UnsupervisedFFConfig, build=unsupervised.build),  # section 3.2
     Kind(recurrent.RecurrentFFConfig, build=recurrent.build),           # section 4
-    Kind(sequences.SequenceFFConfig, build=sequences.build_ff),         # section 7
-    Kind(sequences.SequenceBPConfig, build=sequences.build_bp),         # section 7
+    Kind(sequences.SequenceFFConfig, build=sequences.build_ff, images=False),   # section 7
+    Kind(sequences.SequenceBPConfig, build=sequences.build_bp, images=False),   # section 7
     Kind(fast_learning.FastLearningConfig, run=fast_learning.run),      # section 8
 )}
 
@@ -48,9 +50,23 @@ def _mnist(cfg: Any, data_dir: str | None) -> dict[str, torch.Tensor]:
     return data.load_mnist(cfg.dataset, data_dir=data_dir)
 
 
+def _cifar10(cfg: Any, data_dir: str | None) -> dict[str, torch.Tensor]:
+    from ..data.cifar import load_cifar10
+    return load_cifar10(data_dir=data_dir)
+
+
+def _folder(cfg: Any, data_dir: str | None) -> dict[str, torch.Tensor]:
+    from ..data.folder import load_image_folder
+    return load_image_folder(cfg.dataset[len(FOLDER):])[0]
+
+
+# dataset=folder:PATH reads PATH/train/<class>/* and PATH/test/<class>/* (fflab.data.folder).
+FOLDER = "folder:"
+
 DATASETS: dict[str, Callable[[Any, str | None], dict[str, torch.Tensor]]] = {
     "mnist": _mnist,
     "fashion_mnist": _mnist,
+    "cifar10": _cifar10,
     "aesop": sequences.load_aesop_split,
 }
 
@@ -63,9 +79,13 @@ def kind_of(cfg: Any) -> Kind:
 
 
 def load_dataset(cfg: Any, data_dir: str | None = None) -> dict[str, torch.Tensor]:
-    """The four tensors of ``cfg.dataset`` (on the CPU)."""
+    """The four tensors of ``cfg.dataset`` (on the CPU): a name in ``DATASETS``, or
+    ``folder:PATH`` for an image folder."""
+    if cfg.dataset.startswith(FOLDER):
+        return _folder(cfg, data_dir)
     if cfg.dataset not in DATASETS:
-        raise ConfigError(f"dataset={cfg.dataset!r}: choose one of {sorted(DATASETS)}")
+        raise ConfigError(f"dataset={cfg.dataset!r}: choose one of {sorted(DATASETS)} or folder:PATH "
+                          f"(PATH/train/<class>/*, PATH/test/<class>/*)")
     return DATASETS[cfg.dataset](cfg, data_dir)
 
 

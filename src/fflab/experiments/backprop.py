@@ -13,7 +13,7 @@ from ..errors import ConfigError
 from ..nets import CNN, mlp
 from ..optim import make_optimizer
 from ..runtime import Runtime
-from ..task import Task
+from ..task import MNIST_SHAPE, DataShape, Task
 from ._common import jitter
 
 
@@ -37,13 +37,16 @@ def bp_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: to
     return loss.detach()
 
 
-def build(cfg: BPConfig, rt: Runtime) -> Task:
+def build(cfg: BPConfig, rt: Runtime, shape: DataShape = MNIST_SHAPE) -> Task:
     check_choice("model", cfg.model, ("mlp", "cnn"))
     if cfg.model == "mlp":
         if cfg.dropout:
             raise ConfigError("dropout is only used by model=cnn")
-        model: nn.Module = mlp(784, cfg.hidden)
+        model: nn.Module = mlp(shape.in_features, cfg.hidden, shape.num_classes)
     else:
+        if shape != MNIST_SHAPE:
+            raise ConfigError(f"model=cnn is the MNIST CNN (1x28x28 images, 10 classes); this data has "
+                              f"{'x'.join(map(str, shape.image_shape))} images and {shape.num_classes} classes")
         model = CNN(dropout=cfg.dropout)
     model = model.to(rt.device)
     opt = make_optimizer(model.parameters(), name=cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum,

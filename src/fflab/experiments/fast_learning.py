@@ -17,6 +17,7 @@ from ..errors import ConfigError
 from ..fast import online_fast_learning_demo
 from ..nets import FFNet
 from ..runtime import Runtime
+from ..task import MNIST_SHAPE, DataShape
 
 
 @dataclass(frozen=True)
@@ -59,11 +60,12 @@ def demo(net: FFNet, x: torch.Tensor, cfg: FastLearningConfig) -> tuple[dict[str
     return out, {**out, "target_goodness": s_star, **{k: v.tolist() for k, v in r.items()}}
 
 
-def run(cfg: FastLearningConfig, rt: Runtime, splits: dict[str, torch.Tensor], folder: runs.Run) -> dict[str, float]:
+def run(cfg: FastLearningConfig, rt: Runtime, splits: dict[str, torch.Tensor], folder: runs.Run,
+        shape: DataShape = MNIST_SHAPE) -> dict[str, float]:
     """The demo on each split's images (``splits``: name -> images); writes fast_learning.json
     into the run folder and returns ``{split}_{key}`` summaries."""
     torch.manual_seed(cfg.seed)   # the stack's initial weights
-    net = FFNet.dense(784, cfg.hidden).to(rt.device)
+    net = FFNet.dense(shape.in_features, cfg.hidden).to(rt.device)
     results, records = {}, []
     for name, x in splits.items():
         out, record = demo(net, x, cfg)

@@ -68,7 +68,7 @@ from ..negatives import NEUTRAL_LABEL, hard_wrong_labels, uniform_wrong_labels
 from ..nets import SoftmaxHead
 from ..optim import make_optimizer
 from ..runtime import Runtime
-from ..task import Task
+from ..task import MNIST_SHAPE, DataShape, Task
 from ._common import check_eval_from_layer, jitter
 
 __all__ = [
@@ -283,8 +283,8 @@ def _check(cfg: RecurrentFFConfig) -> tuple[int, int]:
     return cfg.eval_window[0], cfg.eval_window[1]
 
 
-def build(cfg: RecurrentFFConfig, rt: Runtime) -> Task:
-    num_classes, in_features, device = 10, 784, rt.device
+def build(cfg: RecurrentFFConfig, rt: Runtime, shape: DataShape = MNIST_SHAPE) -> Task:
+    num_classes, in_features, device = shape.num_classes, shape.in_features, rt.device
     window = _check(cfg)
     try:
         net = RecurrentFFNet(in_features, cfg.hidden, num_classes, damping=cfg.damping, goodness=cfg.goodness,

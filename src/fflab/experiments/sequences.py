@@ -257,7 +257,8 @@ def _check_common(cfg: CommonConfig) -> None:
 
 
 # ----------------------------------------------------------------------------- FF task
-def build_ff(cfg: SequenceFFConfig, rt: Runtime) -> Task:
+def build_ff(cfg: SequenceFFConfig, rt: Runtime, shape: object = None) -> Task:
+    """The FF next-character task (``shape`` is not used: the strings fix the sizes)."""
     _check_common(cfg)
     check_choice("negatives", cfg.negatives, ("teacher", "generated"))
     if cfg.exclude_true and cfg.negatives != "teacher":
@@ -346,7 +347,8 @@ class NextCharMLP(nn.Module):
         return self.mlp(F.one_hot(ctx, NUM_SYMBOLS).flatten(1).float())
 
 
-def build_bp(cfg: SequenceBPConfig, rt: Runtime) -> Task:
+def build_bp(cfg: SequenceBPConfig, rt: Runtime, shape: object = None) -> Task:
+    """The backprop next-character baseline (``shape`` is not used)."""
     _check_common(cfg)
     model = NextCharMLP(cfg.hidden).to(rt.device)
     opt = _optimizer(model.parameters(), cfg)

@@ -17,11 +17,12 @@ from .. import runs
 from .._engines import dense
 from .._engines.supervised import supervised_engine
 from ..config import CommonConfig, HeadFields, ObjectiveFields, OptimizerFields, check_choice
+from ..errors import ConfigError
 from ..negatives import hard_wrong_labels, overlay_label, uniform_wrong_labels
 from ..nets import FFNet, SoftmaxHead
 from ..optim import make_optimizer
 from ..runtime import Runtime
-from ..task import Task
+from ..task import MNIST_SHAPE, DataShape, Task
 from ._common import check_eval_from_layer, jitter, write_goodness
 
 
@@ -74,8 +75,11 @@ class ProbabilityCache:
             self._sized_for(idx)[idx] = probs.float()
 
 
-def build(cfg: SupervisedFFConfig, rt: Runtime) -> Task:
-    num_classes, in_features = 10, 784
+def build(cfg: SupervisedFFConfig, rt: Runtime, shape: DataShape = MNIST_SHAPE) -> Task:
+    num_classes, in_features = shape.num_classes, shape.in_features
+    if in_features <= num_classes:
+        raise ConfigError(f"supervised FF writes the label into the first {num_classes} inputs; "
+                          f"images of {in_features} values leave none for the image")
     check_choice("negatives", cfg.negatives, ("hard", "uniform"))
     check_eval_from_layer(cfg.eval_from_layer, len(cfg.hidden))
     device = rt.device
@@ -119,7 +123,8 @@ def build(cfg: SupervisedFFConfig, rt: Runtime) -> Task:
         return loss
 
     def evaluate(x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        preds = predict(net, head, x, layers=layers, per_label=cfg.per_label_eval, rt=rt)
+        preds = predict(net, head, x, layers=layers, per_label=cfg.per_label_eval, rt=rt,
+                        num_classes=num_classes)
         return {f"error_{k}": (p != y).float().mean().item() for k, p in preds.items()}
 
     def finalize(run: runs.Run, data: dict[str, torch.Tensor]) -> None:

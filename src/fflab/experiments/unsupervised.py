@@ -55,14 +55,12 @@ from ..local import MNIST_LOCAL_LAYERS, local_stack
 from ..nets import FFNet, SoftmaxHead
 from ..optim import make_optimizer
 from ..runtime import Runtime
-from ..task import Task
+from ..task import MNIST_SHAPE, DataShape, Task
 from ._common import jitter, write_goodness
 
 __all__ = ["UnsupervisedFFConfig", "build_net", "build", "readout_predict", "dead_units",
            "forward_chunks", "ActiveUnits", "save_hybrid_goodness_samples"]
 
-IMAGE_SHAPE = (1, 28, 28)   # MNIST and Fashion-MNIST: (C, H, W)
-NUM_CLASSES = 10
 
 
 def _per_layer(key: str) -> tuple[int, ...]:
@@ -87,13 +85,14 @@ class UnsupervisedFFConfig(ObjectiveFields, HeadFields, OptimizerFields, CommonC
     readout_all_layers: bool = True           # also train a head on all layers (error_readout_all_layers)
 
 
-def build_net(cfg: UnsupervisedFFConfig) -> FFNet:
-    """The FF stack of ``cfg`` (on the CPU): dense widths ``hidden`` or the local geometry."""
+def build_net(cfg: UnsupervisedFFConfig, shape: DataShape = MNIST_SHAPE) -> FFNet:
+    """The FF stack of ``cfg`` (on the CPU) for images of ``shape``: dense widths ``hidden`` or
+    the local geometry."""
     objective = dict(goodness=cfg.goodness, threshold=cfg.threshold, peer_norm=cfg.peer_norm)
     if cfg.architecture == "dense":
         if not cfg.hidden:
             raise ConfigError("hidden: give at least one hidden layer width")
-        return FFNet.dense(IMAGE_SHAPE[0] * IMAGE_SHAPE[1] * IMAGE_SHAPE[2], cfg.hidden, **objective)
+        return FFNet.dense(shape.in_features, cfg.hidden, **objective)
     if cfg.architecture == "local":
         geo = dict(units_per_location=cfg.units_per_location, patch=cfg.patch,
                    stride=cfg.stride, padding=cfg.padding)
@@ -103,7 +102,7 @@ def build_net(cfg: UnsupervisedFFConfig) -> FFNet:
                               f"hidden layer, the same number each; got {geo}")
         specs = tuple(dict(zip(geo, values)) for values in zip(*geo.values()))
         try:
-            return FFNet(local_stack(IMAGE_SHAPE, specs, impl=cfg.local_impl, **objective))
+            return FFNet(local_stack(shape.image_shape, specs, impl=cfg.local_impl, **objective))
         except ValueError as e:
             raise ConfigError(str(e)) from None
     raise ConfigError(f"architecture={cfg.architecture!r}: choose dense or local")
@@ -173,17 +172,18 @@ def dead_units(net: FFNet, x: torch.Tensor, *, chunk: int = 1000, rt: Runtime | 
 
 @torch.no_grad()
 def save_hybrid_goodness_samples(run: runs.Run, net: FFNet, x: torch.Tensor, *, blur_passes: int,
+                                 image_shape: tuple[int, int, int] = MNIST_SHAPE.image_shape,
                                  seed: int = 0) -> None:
     """Per-layer goodness of real test images (positive) and of hybrids made from them (negative),
     for ``fflab plot`` (goodness.safetensors: pos.{layer}, neg.{layer}, threshold.{layer})."""
     g = torch.Generator(device=x.device).manual_seed(seed)
-    x_neg = hybrid_negatives(x, generator=g, blur_passes=blur_passes)[0]
+    x_neg = hybrid_negatives(x.view(-1, *image_shape), generator=g, blur_passes=blur_passes)[0].view(x.shape)
     write_goodness(run, net, net(x), net(x_neg))
 
 
-def build(cfg: UnsupervisedFFConfig, rt: Runtime) -> Task:
+def build(cfg: UnsupervisedFFConfig, rt: Runtime, shape: DataShape = MNIST_SHAPE) -> Task:
     device = rt.device
-    net = build_net(cfg).to(device)
+    net = build_net(cfg, shape).to(device)
     depth = len(net.layers)
     # name -> (head, hidden layers it reads); "readout" is the configured one.
     heads: dict[str, tuple[SoftmaxHead, list[int]]] = {}
@@ -191,7 +191,7 @@ def build(cfg: UnsupervisedFFConfig, rt: Runtime) -> Task:
     if cfg.readout_all_layers:
         layer_sets["readout_all_layers"] = list(range(depth))
     for name, layers in layer_sets.items():
-        heads[name] = (SoftmaxHead(sum(net.widths[i] for i in layers), NUM_CLASSES).to(device), layers)
+        heads[name] = (SoftmaxHead(sum(net.widths[i] for i in layers), shape.num_classes).to(device), layers)
     opt = make_optimizer(net.parameters(), name=cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum,
                          weight_decay=cfg.weight_decay)
     head_params = [p for head, _ in heads.values() for p in head.parameters()]
@@ -204,8 +204,9 @@ def build(cfg: UnsupervisedFFConfig, rt: Runtime) -> Task:
             return torch.zeros((), device=x.device)
         if cfg.jitter:
             x = jitter(x, cfg.jitter, generator=g)
-        x_neg = hybrid_negatives(x, generator=g, blur_passes=cfg.blur_passes,
-                                 labels=y if cfg.pair_by_label else None)[0]
+        # one mask per image, shared by its channels: the images as (B, C, H, W)
+        x_neg = hybrid_negatives(x.view(b, *shape.image_shape), generator=g, blur_passes=cfg.blur_passes,
+                                 labels=y if cfg.pair_by_label else None)[0].view(b, -1)
         # Positive and negative passes as one batched product per layer: (2B, 784) -> [(2B, D_l)].
         with rt.autocast():
             hs = net(torch.cat([x, x_neg]))
@@ -229,7 +230,8 @@ def build(cfg: UnsupervisedFFConfig, rt: Runtime) -> Task:
         return out
 
     def finalize(run: runs.Run, data: dict[str, torch.Tensor]) -> None:
-        save_hybrid_goodness_samples(run, net, data["x_test"][:2000], blur_passes=cfg.blur_passes)
+        save_hybrid_goodness_samples(run, net, data["x_test"][:2000], blur_passes=cfg.blur_passes,
+                                     image_shape=shape.image_shape)
 
     modules: dict[str, nn.Module] = {"net": net, **{name: head for name, (head, _) in heads.items()}}
     return Task(modules=modules, optimizers={"net": opt, "readout": head_opt},
