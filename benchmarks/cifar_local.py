@@ -8,9 +8,9 @@ A step of the FF net is: bottom-up pass, head, ``iterations`` damped iterations 
 and negative batch (2 x batch rows) with every layer's FF loss, backward, Adam. Prints the median
 seconds per step (after one warm-up step) and the seconds a 50,000-image epoch would take at that
 rate (training only; evaluation is extra). ``--primitive`` also times one 3x32x32 -> 3x32x32
-11x11 ``LocalLinear`` product (forward + weight gradient, 200 rows) per impl, bmm included
-(its weight gradient is pathologically slow in torch's CPU bmm for N = 3 columns). Denormals are
-flushed, as in ``fflab.train.fit``. Not a test.
+11x11 ``LocalLinear`` product (forward + weight gradient, 200 rows) per impl, bmm included.
+Denormals are flushed, as in ``fflab.train.fit``. Run it on an otherwise idle machine: with another
+busy process on the same cores the 2-thread products slow down up to 10x. Not a test.
 """
 from __future__ import annotations
 

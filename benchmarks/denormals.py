@@ -72,11 +72,11 @@ def main() -> None:
     cfg = apply_overrides(get_recipe(args.recipe).config(), args.overrides)
     torch.set_flush_denormal(False)
     rt = runtime.resolve(cfg)
-    data = load_data(cfg, rt.device, args.data_dir)
+    data, shape = load_data(cfg, rt.device, args.data_dir)
     x, y = data["x_train"], data["y_train"]
     n = x.shape[0]
     steps = math.ceil(n / cfg.batch_size)
-    task = build_task(cfg, rt)
+    task = build_task(cfg, rt, shape)
     if task.setup is not None:
         task.setup(data)
     probe = x[:1000]

@@ -1,15 +1,13 @@
 """CIFAR-10 nets of locally connected layers (paper section 4, "Experiments with CIFAR-10",
 Table 1): the layer against explicit loops, the recurrent dynamics, locality, the recipes."""
-import dataclasses
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 import fflab.experiments
-from fflab.config import apply_overrides
+from fflab.config import apply_overrides, to_dict
 from fflab.errors import ConfigError
-from fflab.experiments import Kind
+from fflab.experiments import Kind, config_from_dict
 from fflab.experiments.local_recurrent import (
     IMPLS,
     LocalBPConfig,
@@ -26,7 +24,7 @@ from fflab.layers import normalize
 from fflab.recipes.cifar import RECIPES
 from fflab.runtime import Runtime
 from fflab.task import DataShape
-from fflab.train import fit
+from fflab.train import evaluate_run, fit
 
 SHAPE = DataShape((3, 8, 8), 10)
 RT = Runtime(torch.device("cpu"))
@@ -297,8 +295,13 @@ def test_ff_min_ssq_learns_small_images(tmp_path, kinds):
                                  goodness="min_ssq", epochs=10, batch_size=25, lr=3e-3, head_lr=1e-2,
                                  train_eval_size=50, threads=1, lr_schedule="constant")
     assert build(cfg, RT, SHAPE).modules["net"].layers[0].threshold == -192     # -(3 x 8 x 8)
-    res = quiet_fit(cfg, tmp_path / "ff", synthetic(200, 100))
+    data = synthetic(200, 100)
+    res = quiet_fit(cfg, tmp_path / "ff", data)
     assert res["test_error_goodness"] < 0.2 and res["test_error_onepass"] < 0.2, res
+    # The run folder rebuilds the same net (config round trip, checkpointed weights).
+    again = evaluate_run(str(tmp_path / "ff"), data=data)
+    assert again["error_goodness"] == pytest.approx(res["test_error_goodness"])
+    assert again["error_onepass"] == pytest.approx(res["test_error_onepass"])
 
 
 def test_bp_baseline_learns_separable_set(tmp_path, kinds):
@@ -323,4 +326,10 @@ def test_bad_configs_are_clear_errors():
     with pytest.raises(ConfigError, match="eval_from_layer"):
         build(LocalRecurrentFFConfig(**small, eval_window=(1, 2), eval_from_layer=2), RT, SHAPE)
     cfg = apply_overrides(LocalRecurrentFFConfig(), ["hidden_layers=3", "eval_window=3,5", "goodness=min_ssq"])
-    assert dataclasses.replace(cfg).eval_window == (3, 5) and cfg.hidden_layers == 3
+    assert cfg.eval_window == (3, 5) and cfg.hidden_layers == 3
+
+
+def test_config_round_trip(kinds):
+    for cfg in (LocalRecurrentFFConfig(hidden_layers=3, goodness="min_ssq", eval_window=(3, 5)),
+                LocalBPConfig(hidden_layers=3, patch=5)):
+        assert config_from_dict(to_dict(cfg)) == cfg

@@ -79,4 +79,5 @@ def test_no_recipe_or_loop_module_imports_registries_lazily():
         assert "_load_all" not in text and "register_" not in text
     import fflab.experiments as ex
     assert set(ex.KINDS) == {"SupervisedFFConfig", "BPConfig", "UnsupervisedFFConfig", "RecurrentFFConfig",
-                             "SequenceFFConfig", "SequenceBPConfig", "FastLearningConfig"}
+                             "LocalRecurrentFFConfig", "LocalBPConfig", "SequenceFFConfig", "SequenceBPConfig",
+                             "FastLearningConfig"}

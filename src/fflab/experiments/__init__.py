@@ -19,7 +19,7 @@ import torch
 from .. import config as config_mod
 from .. import runs
 from ..errors import CheckpointError, ConfigError
-from . import backprop, fast_learning, recurrent, sequences, supervised, unsupervised
+from . import backprop, fast_learning, local_recurrent, recurrent, sequences, supervised, unsupervised
 
 __all__ = ["Kind", "KINDS", "DATASETS", "kind_of", "config_from_dict", "read_config", "load_dataset"]
 
@@ -39,6 +39,8 @@ KINDS: dict[str, Kind] = {k.config.__name__: k for k in (
     Kind(backprop.BPConfig, build=backprop.build),                      # section 3.1
     Kind(unsupervised.UnsupervisedFFConfig, build=unsupervised.build),  # section 3.2
     Kind(recurrent.RecurrentFFConfig, build=recurrent.build),           # section 4
+    Kind(local_recurrent.LocalRecurrentFFConfig, build=local_recurrent.build),   # CIFAR-10, Table 1
+    Kind(local_recurrent.LocalBPConfig, build=local_recurrent.build_bp),         # CIFAR-10, Table 1
     Kind(sequences.SequenceFFConfig, build=sequences.build_ff, images=False),   # section 7
     Kind(sequences.SequenceBPConfig, build=sequences.build_bp, images=False),   # section 7
     Kind(fast_learning.FastLearningConfig, run=fast_learning.run),      # section 8

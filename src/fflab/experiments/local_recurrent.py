@@ -14,12 +14,14 @@ pass); ``LocalBPConfig``/``build_bp`` is the same stack, feed-forward, trained b
 
 ``LocalLinear`` computes a locally connected map with tiled batched GEMMs (``impl="tiled"``): the
 output map is cut into 8x8 tiles; each tile's inputs, an (8+patch-1)^2 window, are gathered once
-and multiply a block-sparse (window x tile) matrix scattered from the per-location weights. It
-does ~2.7x the useful multiply-adds at 11x11 fields but in GEMMs of K=972, N=192, where
-``FFLocal``'s ``impl="bmm"`` (N = 3 columns, a 121x patch copy) and ``impl="dense"`` (8.5x the work
-in a 3072x3072 GEMM) are several times slower (``benchmarks/cifar_local.py``). The operators are
-scattered once per training step (``materialized``) and the clamped image's product is made once
-per step, shared by the positive and negative runs and every iteration.
+and multiply a block-sparse (window x tile) matrix scattered from the per-location weights: ~2.7x
+the useful multiply-adds at 11x11 fields, but in GEMMs of K=972, N=192. ``FFLocal``'s layouts,
+``impl="dense"`` (8.5x the work, one 3072x3072 GEMM) and ``impl="bmm"`` (N = 3 columns, a 121x
+patch copy), are slower: on 2 Zen 3 cores, forward + weight gradient of one 3x32x32 -> 3x32x32
+product for 200 rows take 37 ms tiled, 100 ms dense, 454 ms bmm; a 2-layer training step of 100
+images 0.92 s tiled, 2.6 s dense (``benchmarks/cifar_local.py``). The operators are scattered once
+per training step (``materialized``) and the clamped image's product is made once per step,
+shared by the positive and negative runs and every iteration.
 Engine: autograd only; the analytic ``shared`` engine (``fflab._engines.recurrent``) is written
 for dense layers.
 
@@ -27,14 +29,12 @@ Not stated in the paper, chosen here: as ``recurrent.py`` (bottom-up initializat
 top-down input, the hard negatives' and one-pass test's softmax head on that pass, normalized
 label layer, init N(0, 1/(2 fan-in)) per path with the full patch as fan-in); the image is
 length-normalized as is (no mean subtraction); the BP baseline uses He init, the raw [0, 1]
-pixels and no normalization between layers. DEVIATION: the paper's test window "iterations 4-6
-of 10" is read from text we are unsure of; it is the config's ``eval_window``.
+pixels and no normalization between layers; optimizer, learning rates and epochs (the recipes).
+Uncertain in the paper's text: the test window (iterations 4-6 of 10), hence ``eval_window``.
 """
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -45,7 +45,7 @@ from .. import runs
 from ..config import CommonConfig, HeadFields, ObjectiveFields, OptimizerFields, check_choice
 from ..errors import ConfigError
 from ..layers import FFLayer, normalize
-from ..local import FFLocal
+from ..local import LOCAL_IMPLS, LocalLinear, materialized
 from ..negatives import hard_wrong_labels, uniform_wrong_labels
 from ..nets import SoftmaxHead
 from ..optim import make_optimizer
@@ -60,7 +60,7 @@ __all__ = [
     "LocalBPNet", "materialized", "build", "build_bp", "IMPLS", "ENGINES",
 ]
 
-IMPLS = ("tiled", "dense", "bmm")
+IMPLS = LOCAL_IMPLS
 ENGINES = ("auto", "autograd")
 CIFAR_SHAPE = DataShape((3, 32, 32), 10)
 
@@ -106,124 +106,6 @@ def _check_geometry(cfg) -> None:
     if cfg.patch % 2 == 0:
         raise ConfigError(f"patch={cfg.patch}: must be odd (the field is centred on its unit's location)")
     check_choice("local_impl", cfg.local_impl, IMPLS)
-
-
-# ----------------------------------------------------------------------------- the primitive
-class LocalLinear(nn.Module):
-    """Locally connected linear map, no weight sharing: (B, C*H*W) -> (B, U*H_out*W_out).
-
-    ``weight`` (L, K, U) as in ``FFLocal`` (L = H_out*W_out locations, K = C*patch*patch ordered
-    (channel, row, column), U units per location), optional ``bias`` (U*L,) channel-major; the
-    output is channel-major, so it reads as a (U, H_out, W_out) map. ``operator()`` turns the
-    weights into the layout ``impl`` multiplies with (differentiable); ``forward`` uses the one
-    cached by ``materialized`` if any, so a step that applies the map many times scatters once.
-    """
-
-    def __init__(self, in_shape: tuple[int, int, int], units_per_location: int, patch: int, *,
-                 stride: int = 1, padding: int = 0, bias: bool = True, std: float | None = None,
-                 impl: str = "tiled", tile: int = 8) -> None:
-        super().__init__()
-        check_choice("impl", impl, IMPLS)
-        c, h, w = (int(s) for s in in_shape)
-        self.h_out, self.w_out = FFLocal.geometry((c, h, w), patch, stride=stride, padding=padding)
-        self.in_shape, self.out_shape = (c, h, w), (units_per_location, self.h_out, self.w_out)
-        self.patch, self.stride, self.padding, self.impl = patch, stride, padding, impl
-        self.units_per_location = U = units_per_location
-        self.num_locations = L = self.h_out * self.w_out
-        self.fan_in = K = c * patch * patch
-        self.in_features, self.out_features = c * h * w, U * L
-        std = 1 / math.sqrt(K) if std is None else std
-        self.weight = nn.Parameter(torch.randn(L, K, U) * std)
-        self.bias = nn.Parameter(torch.zeros(U * L)) if bias else None
-        self._op: torch.Tensor | None = None
-        # Padded-input coordinates (y, x) and channel of every (location, patch element).
-        i, j = torch.arange(L) // self.w_out, torch.arange(L) % self.w_out
-        ch = torch.arange(c).repeat_interleave(patch * patch)                          # (K,)
-        di, dj = (torch.arange(patch * patch) // patch).repeat(c), (torch.arange(patch * patch) % patch).repeat(c)
-        y, x = i[:, None] * stride + di, j[:, None] * stride + dj                     # (L, K)
-        u = torch.arange(U)
-        if impl == "dense":    # FFLocal's layout: one (U*L, C*H*W) matrix; padding-only weights dropped
-            yy, xx = y - padding, x - padding
-            valid = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
-            col = (ch * h * w)[None, :] + yy * w + xx                                  # (L, K)
-            row = u[None, None, :] * L + torch.arange(L)[:, None, None]                 # (L, 1, U)
-            idx = row * self.in_features + col[:, :, None]                             # (L, K, U)
-            keep = valid[:, :, None].expand(L, K, U).reshape(-1)
-            self.register_buffer("_index", idx.reshape(-1)[keep], persistent=False)
-            self.register_buffer("_weight_index", keep.nonzero().squeeze(1), persistent=False)
-        elif impl == "tiled":
-            th, tw = min(tile, self.h_out), min(tile, self.w_out)
-            n_th, n_tw = -(-self.h_out // th), -(-self.w_out // tw)
-            wh, ww = (th - 1) * stride + patch, (tw - 1) * stride + patch
-            self._tiles = (th, tw, n_th, n_tw, wh, ww)
-            kt, nt = c * wh * ww, U * th * tw
-            tile_id = (i // th) * n_tw + j // tw                                         # (L,)
-            a, b = i % th, j % tw
-            row = (ch * wh * ww)[None, :] + (y - (i // th * th * stride)[:, None]) * ww \
-                + (x - (j // tw * tw * stride)[:, None])                                 # (L, K)
-            col = u[None, :] * th * tw + (a * tw + b)[:, None]                          # (L, U)
-            idx = tile_id[:, None, None] * kt * nt + row[:, :, None] * nt + col[:, None, :]
-            self.register_buffer("_index", idx.reshape(-1), persistent=False)
-            self._op_shape = (n_th * n_tw, kt, nt)
-            # The padded input the tiles' windows cover exactly (extra zeros, or a crop, at the end).
-            self._pad = (padding, (n_tw * tw - 1) * stride + patch - w - padding,
-                         padding, (n_th * th - 1) * stride + patch - h - padding)
-
-    def operator(self) -> torch.Tensor:
-        """The weights in the layout ``impl`` multiplies with: tiled (tiles, window, tile units),
-        dense (U*L, C*H*W), bmm the weight itself (L, K, U)."""
-        if self.impl == "bmm":
-            return self.weight
-        if self.impl == "dense":
-            flat = self.weight.new_zeros(self.out_features * self.in_features)
-            flat = flat.index_put((self._index,), self.weight.reshape(-1)[self._weight_index])
-            return flat.view(self.out_features, self.in_features)
-        flat = self.weight.new_zeros(math.prod(self._op_shape))
-        return flat.index_put((self._index,), self.weight.reshape(-1)).view(self._op_shape)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        op = self._op if self._op is not None else self.operator()
-        b = x.shape[0]
-        if self.impl == "dense":
-            out = F.linear(x.reshape(b, self.in_features), op)
-        else:
-            x = x.reshape(b, *self.in_shape)
-            if self.impl == "bmm":
-                p, s = self.patch, self.stride
-                cols = F.pad(x, (self.padding,) * 4).unfold(2, p, s).unfold(3, p, s).permute(2, 3, 0, 1, 4, 5)
-                out = torch.bmm(cols.reshape(self.num_locations, b, self.fan_in), op)          # (L, B, U)
-                out = out.permute(1, 2, 0).reshape(b, self.out_features)
-            else:
-                th, tw, n_th, n_tw, wh, ww = self._tiles
-                s = self.stride
-                cols = F.pad(x, self._pad).unfold(2, wh, th * s).unfold(3, ww, tw * s)    # (B, C, nth, ntw, wh, ww)
-                cols = cols.permute(2, 3, 0, 1, 4, 5).reshape(n_th * n_tw, b, -1)
-                out = torch.bmm(cols, op)                                                  # (T, B, U*th*tw)
-                out = out.view(n_th, n_tw, b, self.units_per_location, th, tw).permute(2, 3, 0, 4, 1, 5)
-                out = out.reshape(b, self.units_per_location, n_th * th, n_tw * tw)
-                if n_th * th != self.h_out or n_tw * tw != self.w_out:   # tiles past the map's edge
-                    out = out[:, :, :self.h_out, :self.w_out]
-                out = out.reshape(b, self.out_features)
-        return out if self.bias is None else out + self.bias
-
-    def extra_repr(self) -> str:
-        return (f"in_shape={self.in_shape}, out_shape={self.out_shape}, patch={self.patch}, stride={self.stride}, "
-                f"padding={self.padding}, impl={self.impl}, bias={self.bias is not None}")
-
-
-@contextlib.contextmanager
-def materialized(module: nn.Module) -> Iterator[None]:
-    """Within the block every ``LocalLinear`` in ``module`` multiplies with its operator made once
-    on entry (in the grad mode of the entry): one scatter, and one gathered weight gradient, per
-    step instead of per product. The weights must not change inside the block."""
-    locals_ = [m for m in module.modules() if isinstance(m, LocalLinear)]
-    try:
-        for m in locals_:
-            m._op = m.operator()
-        yield
-    finally:
-        for m in locals_:
-            m._op = None
 
 
 # ----------------------------------------------------------------------------- the FF net

@@ -8,13 +8,13 @@ tiny version that the tests run in seconds. A variant is a new recipe entry, not
 from __future__ import annotations
 
 from ..errors import ConfigError
-from . import baselines, blocks, fast_learning, recurrent, sequences, supervised, unsupervised
+from . import baselines, blocks, cifar, fast_learning, recurrent, sequences, supervised, unsupervised
 from ._recipe import Recipe, quick_mode
 
 __all__ = ["Recipe", "RECIPES", "get_recipe", "all_recipes", "quick_mode"]
 
 RECIPES: dict[str, Recipe] = {}
-for _module in (baselines, supervised, unsupervised, recurrent, blocks, sequences, fast_learning):
+for _module in (baselines, supervised, unsupervised, recurrent, cifar, blocks, sequences, fast_learning):
     for _r in _module.RECIPES:
         if _r.name in RECIPES:
             raise ValueError(f"recipe {_r.name!r} defined twice")
