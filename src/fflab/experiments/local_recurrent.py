@@ -46,14 +46,13 @@ from ..config import CommonConfig, HeadFields, ObjectiveFields, OptimizerFields,
 from ..errors import ConfigError
 from ..layers import FFLayer, normalize
 from ..local import LOCAL_IMPLS, LocalLinear, materialized
-from ..negatives import hard_wrong_labels, uniform_wrong_labels
 from ..nets import SoftmaxHead
 from ..optim import make_optimizer
 from ..runtime import Runtime
 from ..task import DataShape, Task
 from ._common import check_eval_from_layer, jitter
 from .backprop import bp_step
-from .recurrent import RecurrentFFNet, predict, save_settling
+from .recurrent import RecurrentFFNet, make_step, predict, save_settling
 
 __all__ = [
     "LocalRecurrentFFConfig", "LocalBPConfig", "LocalLinear", "LocalRecurrentLayer", "LocalRecurrentFFNet",
@@ -280,27 +279,9 @@ def build(cfg: LocalRecurrentFFConfig, rt: Runtime, shape: DataShape = CIFAR_SHA
                               weight_decay=cfg.head_weight_decay)
     engine = LocalRecurrentEngine(net, cfg.iterations, rt)
 
-    def step(x: torch.Tensor, y: torch.Tensor, g: torch.Generator, idx: torch.Tensor | None = None) -> torch.Tensor:
-        if cfg.jitter:
-            x = jitter(x, cfg.jitter, generator=g)
-        b = x.shape[0]
-        opt.zero_grad(set_to_none=True)
-        head_opt.zero_grad(set_to_none=True)
-        with materialized(net):
-            bu = engine.bottom_up(x)   # t = 0, shared by positive and negative (label independent)
-            # The "single forward pass" for hard negatives: softmax head on the bottom-up pass.
-            logits = head(net.features(bu.init))
-            head_loss = F.cross_entropy(logits.float(), y)
-            if cfg.negatives == "hard":
-                y_neg = hard_wrong_labels(logits.detach().softmax(1), y, generator=g)
-            else:
-                y_neg = uniform_wrong_labels(y, num_classes, generator=g)
-            top = net.label_input(torch.cat([y, y_neg]), 2 * b, device)
-            loss = engine.ff_grads(bu, x, top)
-        head_loss.backward()
-        opt.step()
-        head_opt.step()
-        return loss
+    # each layer's weights laid out for its products once per step, not once per product
+    step = make_step(cfg, net, head, engine, opt, head_opt, num_classes=num_classes, device=device,
+                     scope=lambda: materialized(net))
 
     @torch.no_grad()
     def evaluate(x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:

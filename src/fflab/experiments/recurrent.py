@@ -49,8 +49,10 @@ Not stated in the paper, chosen here:
 """
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -300,28 +302,7 @@ def build(cfg: RecurrentFFConfig, rt: Runtime, shape: DataShape = MNIST_SHAPE) -
 
     engine = recurrent_engine(cfg.engine, net, cfg.iterations, rt)
     shared = engine.name == "shared"
-
-    def step(x: torch.Tensor, y: torch.Tensor, g: torch.Generator, idx: torch.Tensor | None = None) -> torch.Tensor:
-        if cfg.jitter:
-            x = jitter(x, cfg.jitter, generator=g)
-        b = x.shape[0]
-        bu = engine.bottom_up(x)   # t = 0, shared by positive and negative (label independent)
-        # The "single forward pass" for hard negatives: softmax head on the bottom-up pass.
-        logits = head(net.features(bu.init))
-        head_loss = F.cross_entropy(logits.float(), y)
-        if cfg.negatives == "hard":
-            y_neg = hard_wrong_labels(logits.detach().softmax(1), y, generator=g)
-        else:
-            y_neg = uniform_wrong_labels(y, num_classes, generator=g)
-        # Positive (true label on top) and negative (wrong label) runs as one batch of 2B.
-        top = net.label_input(torch.cat([y, y_neg]), 2 * b, device)
-        opt.zero_grad(set_to_none=True)
-        head_opt.zero_grad(set_to_none=True)
-        loss = engine.ff_grads(bu, x, top)   # every layer's FF gradients, summed over the iterations
-        head_loss.backward()                 # the head's own graph: the features are detached
-        opt.step()
-        head_opt.step()
-        return loss
+    step = make_step(cfg, net, head, engine, opt, head_opt, num_classes=num_classes, device=device)
 
     def evaluate(x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         preds = predict(net, head, x, iterations=cfg.iterations, window=window, layers=layers, rt=rt,
@@ -336,6 +317,37 @@ def build(cfg: RecurrentFFConfig, rt: Runtime, shape: DataShape = MNIST_SHAPE) -
     return Task(modules={"net": net, "head": head}, optimizers={"net": opt, "head": head_opt},
                 base_lrs={"net": cfg.lr, "head": cfg.head_lr}, step=step, evaluate=evaluate,
                 finalize=finalize, info={"engine": engine.name}, engine=engine)
+
+
+def make_step(cfg, net: RecurrentFFNet, head: SoftmaxHead, engine, opt: torch.optim.Optimizer,
+              head_opt: torch.optim.Optimizer, *, num_classes: int, device: torch.device,
+              scope: Callable[[], AbstractContextManager] = contextlib.nullcontext) -> Callable[..., torch.Tensor]:
+    """The training step of a recurrent FF net (this module's, or the locally connected one of
+    ``local_recurrent``): the bottom-up pass, the head and hard negatives on it, then every
+    layer's FF gradients over the iterations (``engine.ff_grads``), all inside ``scope()``."""
+    def step(x: torch.Tensor, y: torch.Tensor, g: torch.Generator, idx: torch.Tensor | None = None) -> torch.Tensor:
+        if cfg.jitter:
+            x = jitter(x, cfg.jitter, generator=g)
+        b = x.shape[0]
+        opt.zero_grad(set_to_none=True)
+        head_opt.zero_grad(set_to_none=True)
+        with scope():
+            bu = engine.bottom_up(x)   # t = 0, shared by positive and negative (label independent)
+            # The "single forward pass" for hard negatives: softmax head on the bottom-up pass.
+            logits = head(net.features(bu.init))
+            head_loss = F.cross_entropy(logits.float(), y)
+            if cfg.negatives == "hard":
+                y_neg = hard_wrong_labels(logits.detach().softmax(1), y, generator=g)
+            else:
+                y_neg = uniform_wrong_labels(y, num_classes, generator=g)
+            # Positive (true label on top) and negative (wrong label) runs as one batch of 2B.
+            top = net.label_input(torch.cat([y, y_neg]), 2 * b, device)
+            loss = engine.ff_grads(bu, x, top)   # every layer's FF gradients, summed over the iterations
+        head_loss.backward()                     # the head's own graph: the features are detached
+        opt.step()
+        head_opt.step()
+        return loss
+    return step
 
 
 # ----------------------------------------------------------------------------- settling record
