@@ -333,3 +333,18 @@ def test_config_round_trip(kinds):
     for cfg in (LocalRecurrentFFConfig(hidden_layers=3, goodness="min_ssq", eval_window=(3, 5)),
                 LocalBPConfig(hidden_layers=3, patch=5)):
         assert config_from_dict(to_dict(cfg)) == cfg
+
+
+def test_plot_shows_the_local_fields_as_rgb_tiles(tmp_path):
+    """fflab plot: the first map's bottom-up fields of a CIFAR-style run, one RGB tile per unit."""
+    import fflab
+    from fflab import plot
+    from fflab.recipes import get_recipe
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(60, 3, 8, 8, generator=g), torch.arange(60) % 3
+    cfg = get_recipe("cifar-ff-minssq-2l").config(quick=True)
+    fflab.fit(cfg, str(tmp_path / "r"), data=(x, y, x[:20], y[:20]), progress=False, log=lambda s: None)
+    out = plot.plot_receptive_fields(tmp_path / "r", n=16)
+    assert out is not None and out.stat().st_size > 0
+    from matplotlib import image
+    assert image.imread(out).shape[-1] in (3, 4)     # a colour picture

@@ -1,5 +1,6 @@
 """First-layer receptive fields as an image grid (receptive_fields.png): dense, locally connected
-(``fflab.local.FFLocal``) and conv first layers, read from ``model.safetensors``."""
+(``fflab.local.FFLocal``, ``LocalLinear``: the CIFAR-10 nets' bottom-up fields, as RGB tiles) and
+conv first layers, read from ``model.safetensors``."""
 from __future__ import annotations
 
 import math
@@ -11,7 +12,8 @@ from ..errors import CheckpointError
 from ._common import _figure, _read_config, _run_folder, _run_name, _save
 
 # First-layer weight keys of the model kinds we know, tried in order.
-_FIRST_LAYER_KEYS = ("net.layers.0.weight", "model.0.weight", "model.conv1.weight")
+_FIRST_LAYER_KEYS = ("net.layers.0.weight", "net.layers.0.up.weight", "model.layers.0.weight",
+                     "model.0.weight", "model.conv1.weight")
 
 
 def _first_layer_geometry(cfg: dict[str, Any]) -> dict[str, int]:
