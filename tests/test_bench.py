@@ -114,3 +114,14 @@ def test_bench_dtype_auto_is_what_a_run_would_use(monkeypatch):
     monkeypatch.setattr(products, "native_bf16", lambda device: False)
     res = run_benchmark(hidden=(8, 8), batch_size=4, steps=1, reps=1, device="cpu", dtype="auto", epoch_images=8)
     assert res["dtype"] == "float32" and "dtype float32" in format_table(res)
+
+
+def test_bench_recipe_times_any_image_recipe_on_its_own_image_shape(capsys):
+    """fflab bench --recipe: the CIFAR-10 nets' step on 3 x 32 x 32 synthetic images."""
+    from fflab.cli.main import main
+    assert main(["bench", "--recipe", "cifar-bp-2l", "--steps", "1", "--reps", "1", "hidden_layers=1",
+                 "batch_size=4", "patch=3", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "images 3x32x32" in out and "min per 50000-image epoch" in out
+    assert main(["bench", "--recipe", "seq-bp"]) == 2          # not an image recipe: one clear line
+    assert "image recipes" in capsys.readouterr().err

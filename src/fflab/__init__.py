@@ -2,7 +2,7 @@
 
 Public API re-exported here; the core import stays light (no matplotlib).
 """
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from .errors import CheckpointError, ConfigError, DataError, FFLabError, TrainingDiverged
 from .fast import fast_update

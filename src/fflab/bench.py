@@ -23,9 +23,11 @@ import torch
 
 from . import runtime
 from ._engines import products
+from .errors import ConfigError
 from .experiments.backprop import BPConfig
 from .experiments.supervised import SupervisedFFConfig, predict
 from .runtime import Runtime
+from .task import MNIST_SHAPE, DataShape
 from .train import build_task
 
 
@@ -118,22 +120,27 @@ def raw_products(sizes: list[int], batch: int, dtype: torch.dtype, *, iters: int
     return run, flops
 
 
-def _synthetic(n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+# The image shape of each dataset a recipe may name (bench makes synthetic data of that shape).
+DATASET_SHAPES = {"mnist": MNIST_SHAPE, "fashion_mnist": MNIST_SHAPE, "cifar10": DataShape((3, 32, 32), 10)}
+
+
+def _synthetic(n: int, device: torch.device, shape: DataShape = MNIST_SHAPE) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    x = (torch.rand(n, 784, generator=g) > 0.8).float()
-    y = torch.randint(0, 10, (n,), generator=g)
+    x = (torch.rand(n, shape.in_features, generator=g) > 0.8).float()
+    y = torch.randint(0, shape.num_classes, (n,), generator=g)
     return x.to(device), y.to(device)
 
 
-def training_loop(cfg: Any, steps: int, rt: Runtime | None = None) -> tuple[Any, Callable[[], None]]:
+def training_loop(cfg: Any, steps: int, rt: Runtime | None = None,
+                  shape: DataShape = MNIST_SHAPE) -> tuple[Any, Callable[[], None]]:
     """A task of ``cfg`` on ``rt`` (None: resolved from the config) and a function running
-    ``steps`` training steps on synthetic MNIST-shaped data."""
+    ``steps`` training steps on synthetic data of ``shape`` (MNIST's by default)."""
     rt = rt or runtime.resolve(cfg, set_threads=False)
     device = rt.device
-    task = build_task(cfg, rt)
+    task = build_task(cfg, rt, shape)
     task.train(True)
     b = cfg.batch_size
-    x, y = _synthetic(steps * b, device)
+    x, y = _synthetic(steps * b, device, shape)
     if task.setup is not None:
         # as fit does: sizes the per-image caches (neutral_every > 1) to the data once, instead
         # of from each batch's indices, a host read of idx.max() on every step
@@ -305,3 +312,29 @@ def format_table(res: dict[str, Any]) -> str:
         f"{'(e) eval one-pass softmax (images/s)':44s} {spread(ev['one_pass']):>28s}",
     ]
     return "\n".join(rows)
+
+
+def recipe_step_time(cfg: Any, *, steps: int, reps: int, epoch_images: int | None = None) -> dict[str, Any]:
+    """Training speed of any image recipe's config (``fflab bench --recipe``): ms per step,
+    images/s and minutes per epoch (of ``epoch_images``, default the dataset's training set), on
+    synthetic data of the recipe's image shape, denormals flushed as in training."""
+    from .experiments import kind_of
+    from .runs import environment
+    if not kind_of(cfg).images or cfg.dataset not in DATASET_SHAPES:
+        raise ConfigError(f"bench --recipe times image recipes on {', '.join(DATASET_SHAPES)}; "
+                          f"this one reads dataset={cfg.dataset!r}")
+    shape = DATASET_SHAPES[cfg.dataset]
+    epoch_images = epoch_images or (50000 if cfg.dataset == "cifar10" else 60000)
+    with runtime.flush_denormals():
+        rt = runtime.resolve(cfg, set_threads=False)
+        task, run = training_loop(cfg, steps, rt, shape)
+        times = _timeit(run, reps=reps, device=rt.device)
+        per_step = statistics.median(times) / steps
+        return {"env": environment(), "config": type(cfg).__name__, "dtype": rt.dtype, "steps": steps,
+                "reps": reps, "batch_size": cfg.batch_size, "image_shape": list(shape.image_shape),
+                "ms_per_step": {"median": per_step * 1e3, "min": min(times) / steps * 1e3,
+                                "max": max(times) / steps * 1e3},
+                "images_per_s": cfg.batch_size / per_step,
+                "minutes_per_epoch": epoch_images / cfg.batch_size * per_step / 60,
+                "epoch_images": epoch_images, **task.info}
+
