@@ -1,4 +1,4 @@
-"""CIFAR-10 nets of locally connected layers (paper section 4, "Experiments with CIFAR-10",
+"""CIFAR-10 nets of locally connected layers (the paper's "Experiments with CIFAR-10" section,
 Table 1): the layer against explicit loops, the recurrent dynamics, locality, the recipes."""
 import pytest
 import torch

@@ -28,7 +28,7 @@ with U channels, so a second ``FFLocal`` with ``in_shape=first.out_shape`` reads
 (and length normalization, which acts on the flat vector, is unaffected by the order).
 
 Geometry (not stated in the paper for MNIST; our choice, see ``MNIST_LOCAL_LAYERS``):
-CIFAR-10 (paper section 4) uses 32x32 maps with 3 units per location (3072
+CIFAR-10 (the paper's CIFAR-10 section) uses 32x32 maps with 3 units per location (3072
 units) and 11x11 fields, i.e. stride 1 and padding 5. For MNIST we keep the 11x11 bottom-up
 field in the first layer but use stride 2 and padding 5: a 14x14 map with 10 units per location
 is 1960 units, as many as the 2000-unit dense layers the paper compares against. Layers 2-4 read

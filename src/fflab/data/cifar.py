@@ -1,7 +1,7 @@
 """CIFAR-10 from the official archives: find them, check them, cache them, return tensors.
 
-Serves the paper's CIFAR-10 experiments (section 4: 32x32 colour images, 50000 train / 10000
-test, ten classes). ``load_cifar10`` reads the dataset authors' own files, in either layout:
+Serves the paper's CIFAR-10 experiments (its "Experiments with CIFAR-10" section: 32x32 colour
+images, 50000 train / 10000 test, ten classes). ``load_cifar10`` reads the dataset authors' own files, in either layout:
 
 * ``cifar-10-python.tar.gz`` (MD5 c58f30108f718f92721af3b95e74349a): members
   ``cifar-10-batches-py/data_batch_1..5`` and ``test_batch``, each a pickle of a dict with

@@ -1,5 +1,5 @@
-"""CIFAR-10 nets with local receptive fields and no weight sharing (paper section 4, "Experiments
-with CIFAR-10", Table 1): the recurrent FF net with top-down input, and its backprop baseline.
+"""CIFAR-10 nets with local receptive fields and no weight sharing (the paper's "Experiments
+with CIFAR-10" section, Table 1): the recurrent FF net with top-down input, and its backprop baseline.
 
 Each hidden layer is a map of the image's size (32x32) with ``units_per_location`` ReLUs at each
 location (3: 3072 units); a unit gets bottom-up input from a ``patch`` x ``patch`` field (11x11,
@@ -17,9 +17,7 @@ output map is cut into 8x8 tiles; each tile's inputs, an (8+patch-1)^2 window, a
 and multiply a block-sparse (window x tile) matrix scattered from the per-location weights: ~2.7x
 the useful multiply-adds at 11x11 fields, but in GEMMs of K=972, N=192. ``FFLocal``'s layouts,
 ``impl="dense"`` (8.5x the work, one 3072x3072 GEMM) and ``impl="bmm"`` (N = 3 columns, a 121x
-patch copy), are slower: on 2 Zen 3 cores, forward + weight gradient of one 3x32x32 -> 3x32x32
-product for 200 rows take 37 ms tiled, 100 ms dense, 454 ms bmm; a 2-layer training step of 100
-images 0.92 s tiled, 2.6 s dense (``benchmarks/cifar_local.py``). The operators are scattered once
+patch copy), are slower (BENCHMARKS.md; ``benchmarks/cifar_local.py``). The operators are scattered once
 per training step (``materialized``) and the clamped image's product is made once per step,
 shared by the positive and negative runs and every iteration.
 Engine: autograd only; the analytic ``shared`` engine (``fflab._engines.recurrent``) is written

@@ -1,17 +1,18 @@
-"""CIFAR-10 with local receptive fields and no weight sharing (paper section 4, "Experiments with
-CIFAR-10", Table 1): one recipe per net of the table. Each FF recipe's run reports both of the table's rows
+"""CIFAR-10 with local receptive fields and no weight sharing (the paper's "Experiments with
+CIFAR-10" section, Table 1): one recipe per net of the table. Each FF recipe's run reports both of the table's rows
 for that net: ``error_goodness`` (goodness for every label) and ``error_onepass`` (one-pass
-softmax). Runtimes are from the step time measured by ``benchmarks/cifar_local.py``.
+softmax). Runtimes are from the step time measured by ``benchmarks/cifar_local.py`` (BENCHMARKS.md).
 
-Not stated in the paper, chosen here (untuned: no CIFAR-10 copy was at hand): Adam with lr 5e-4
-for FF (between the recurrent MNIST recipe's 2.5e-4 for 60 epochs and the usual 1e-3, for short
-runs) and 1e-3 for BP; the epoch counts, set so that each FF run takes about an hour on 2 cores
-(measured: a 2-layer FF step of 100 images 0.92 s, 3-layer 1.93 s; BP 0.075 s and 0.126 s).
+Not stated in the paper, chosen here (untuned): Adam with lr 5e-4 for FF (between the recurrent
+MNIST recipe's 2.5e-4 for 60 epochs and the usual 1e-3, for short runs) and 1e-3 for BP; the
+epoch counts, set so that each FF run takes about an hour on 2 cores.
 """
 from __future__ import annotations
 
 from ..experiments.local_recurrent import LocalBPConfig, LocalRecurrentFFConfig
 from ._recipe import Recipe, quick_mode
+
+CIFAR = "CIFAR-10"   # the paper's CIFAR-10 section (Table 1)
 
 # The quick run is a smoke run of the same code: 3x3 fields, 4 iterations, 200 images; it also
 # trains on small images (e.g. 3x8x8), which the tests use.
@@ -94,16 +95,16 @@ def cifar_ff_maxssq_3l(quick: bool):
 
 
 RECIPES = (
-    Recipe("cifar-bp-2l", "paper Table 1: backprop, 2 locally connected hidden layers, 37% test error", "4",
+    Recipe("cifar-bp-2l", "paper Table 1: backprop, 2 locally connected hidden layers, 37% test error", CIFAR,
            cifar_bp_2l),
     Recipe("cifar-ff-minssq-2l", "paper Table 1: FF min ssq, 2 hidden layers, 41% test error (goodness for "
-           "every label) and 45% (one-pass softmax)", "4", cifar_ff_minssq_2l),
+           "every label) and 45% (one-pass softmax)", CIFAR, cifar_ff_minssq_2l),
     Recipe("cifar-ff-maxssq-2l", "paper Table 1: FF max ssq, 2 hidden layers, 44% test error (goodness for "
-           "every label) and 46% (one-pass softmax)", "4", cifar_ff_maxssq_2l),
-    Recipe("cifar-bp-3l", "paper Table 1: backprop, 3 locally connected hidden layers, 39% test error", "4",
+           "every label) and 46% (one-pass softmax)", CIFAR, cifar_ff_maxssq_2l),
+    Recipe("cifar-bp-3l", "paper Table 1: backprop, 3 locally connected hidden layers, 39% test error", CIFAR,
            cifar_bp_3l),
     Recipe("cifar-ff-minssq-3l", "paper Table 1: FF min ssq, 3 hidden layers, 41% test error (goodness for "
-           "every label) and 44% (one-pass softmax)", "4", cifar_ff_minssq_3l),
+           "every label) and 44% (one-pass softmax)", CIFAR, cifar_ff_minssq_3l),
     Recipe("cifar-ff-maxssq-3l", "paper Table 1: FF max ssq, 3 hidden layers, 44% test error (goodness for "
-           "every label) and 46% (one-pass softmax)", "4", cifar_ff_maxssq_3l),
+           "every label) and 46% (one-pass softmax)", CIFAR, cifar_ff_maxssq_3l),
 )
