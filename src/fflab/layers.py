@@ -7,6 +7,7 @@ next layer sees the orientation of the activity vector and never the goodness th
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +55,9 @@ class FFLayer(nn.Module):
                           else float(threshold))
         self.peer_norm = float(peer_norm)
         self.peer_momentum = float(peer_momentum)
+        # The batch mean that updates the peer mean; a data-parallel run averages it over its
+        # processes (``fflab.distributed``), so every process keeps the running mean of one.
+        self.batch_mean: Callable[[torch.Tensor], torch.Tensor] = lambda m: m
         # Running mean of each unit's positive-pass activity (official code starts it at 0.5).
         self.register_buffer("peer_mean", torch.full((num_units,), 0.5))
 
@@ -77,7 +81,7 @@ class FFLayer(nn.Module):
         loss = objective.ff_loss(self.block_goodness(h_pos), self.block_goodness(h_neg), self.threshold)
         if self.peer_norm > 0 and h_pos.numel():
             if self.training:
-                objective.peer_mean_update(self.peer_mean, h_pos, self.peer_momentum)
+                objective.peer_mean_update(self.peer_mean, h_pos, self.peer_momentum, self.batch_mean)
             c = objective.peer_push(self.peer_mean, self.peer_norm)
             loss = loss - (h_pos * c.to(h_pos.dtype)).sum(-1).mean()
         return loss
@@ -96,7 +100,7 @@ class FFLayer(nn.Module):
         loss = objective.ff_loss(g[:num_pos], g[num_pos:], self.threshold)
         dh = self.goodness_fn.grad(hb, objective.ff_loss_grad(g, num_pos, self.threshold)).view_as(hf)
         if self.peer_norm > 0 and self.training:
-            objective.peer_mean_update(self.peer_mean, hf[:num_pos], self.peer_momentum)
+            objective.peer_mean_update(self.peer_mean, hf[:num_pos], self.peer_momentum, self.batch_mean)
             c = objective.peer_push(self.peer_mean, self.peer_norm)
             dh[:num_pos] -= (hf[:num_pos] > 0).to(dh.dtype) * (c / num_pos)
             loss = loss - (hf[:num_pos] * c).sum(-1).mean()

@@ -120,10 +120,13 @@ def ff_loss_grad(g: torch.Tensor, num_pos: int, threshold: float) -> torch.Tenso
 # positive-pass activity and push the gradient wrt unit j by ``strength * (mean_k m_k - m_j)`` in
 # the direction that raises the objective, so that no unit stays always off or always on.
 
-def peer_mean_update(peer_mean: torch.Tensor, h_pos: torch.Tensor, momentum: float) -> None:
-    """``m <- momentum * m + (1 - momentum) * mean_batch(h_pos)``, in place (no gradient)."""
+def peer_mean_update(peer_mean: torch.Tensor, h_pos: torch.Tensor, momentum: float,
+                     batch_mean: Callable[[torch.Tensor], torch.Tensor] = lambda m: m) -> None:
+    """``m <- momentum * m + (1 - momentum) * mean_batch(h_pos)``, in place (no gradient);
+    ``batch_mean`` maps the batch's mean before it is used (data parallel: the mean over the
+    processes' shares)."""
     with torch.no_grad():
-        peer_mean.mul_(momentum).add_(h_pos.detach().float().mean(0), alpha=1 - momentum)
+        peer_mean.mul_(momentum).add_(batch_mean(h_pos.detach().float().mean(0)), alpha=1 - momentum)
 
 
 def peer_push(peer_mean: torch.Tensor, strength: float) -> torch.Tensor:

@@ -112,18 +112,25 @@ def environment() -> dict[str, Any]:
 class Run:
     """A run folder being written (or resumed)."""
 
-    def __init__(self, path: str | Path, cfg: Any, *, recipe: str | None = None, resume: bool = False) -> None:
+    def __init__(self, path: str | Path, cfg: Any, *, recipe: str | None = None, resume: bool = False,
+                 env: dict[str, Any] | None = None, writer: bool = True) -> None:
+        """``env``: extra entries for env.json; ``writer=False``: a process of a data-parallel job
+        other than rank 0, which reads the folder but writes nothing."""
         self.path = Path(path)
         self.cfg = cfg
         self.recipe = recipe
+        self.writer = writer
+        if not writer:
+            return
         self.path.mkdir(parents=True, exist_ok=True)
         if not resume:
             write_json(self.path / "config.json", {"recipe": recipe, **config_mod.to_dict(cfg)})
-        env = environment()
-        write_json(self.path / ("env.json" if not resume else "env.resume.json"), env)
+        write_json(self.path / ("env.json" if not resume else "env.resume.json"), {**environment(), **(env or {})})
 
     # --- metrics -----------------------------------------------------------------
     def log(self, record: dict[str, Any]) -> None:
+        if not self.writer:
+            return
         with open(self.path / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record, sort_keys=True) + "\n")
             f.flush()
@@ -132,16 +139,19 @@ class Run:
     def truncate_metrics(self, last_epoch: int) -> None:
         """On resume, drop metric lines written after the checkpoint we resume from."""
         p = self.path / "metrics.jsonl"
-        if not p.exists():
+        if not self.writer or not p.exists():
             return
         keep = [ln for ln in read_metrics(self.path) if ln.get("epoch", 0) <= last_epoch]
         atomic_write(p, lambda tmp: Path(tmp).write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in keep)))
 
     def write_results(self, results: dict[str, Any]) -> None:
-        write_json(self.path / "results.json", results)
+        if self.writer:
+            write_json(self.path / "results.json", results)
 
     # --- checkpoints ---------------------------------------------------------------
     def save_checkpoint(self, modules: dict[str, torch.nn.Module], state: dict[str, Any]) -> None:
+        if not self.writer:
+            return
         save_model(self.path / MODEL_FILE, modules)
         atomic_write(self.path / STATE_FILE, lambda tmp: torch.save(state, tmp))
 

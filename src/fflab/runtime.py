@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from .distributed import SINGLE, Parallel, from_environment
 from .errors import ConfigError, SlowDtypeWarning
 
 DTYPES = ("float32", "bfloat16", "auto")
@@ -92,6 +93,7 @@ class Runtime:
     dtype: str = "float32"     # float32 | bfloat16: the products' dtype (master weights stay fp32)
     threads: int = 0           # torch CPU threads set for the run (0: torch's default)
     steps: int | None = None   # training steps of the whole run, where known (compile=auto reads it)
+    parallel: Parallel = SINGLE   # this process's place in a torchrun job (fflab.distributed)
 
     @property
     def product_dtype(self) -> torch.dtype | None:
@@ -113,7 +115,7 @@ def resolve(cfg: Any, *, device: str | torch.device | None = None, set_threads: 
     warn_if_slow_dtype(dtype, dev)
     if set_threads and cfg.threads:
         torch.set_num_threads(cfg.threads)
-    return Runtime(dev, dtype, cfg.threads)
+    return Runtime(dev, dtype, cfg.threads, parallel=from_environment(dev))
 
 
 def as_runtime(rt: Runtime | torch.device | str) -> Runtime:

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from . import experiments, inputs, runs, runtime
+from . import config, distributed, experiments, inputs, runs, runtime
 from .errors import CheckpointError, ConfigError, TrainingDiverged
 from .optim import lr_factor
 from .runtime import Runtime
@@ -107,6 +107,17 @@ def _fit(cfg: Any, out: str, *, data: Any, recipe: str | None, resume: bool, dat
     g_eval = torch.Generator(device=rt.device).manual_seed(cfg.seed + 7)
     train_eval_idx = torch.randperm(n, generator=g_eval, device=rt.device)[: cfg.train_eval_size]
     kind = experiments.kind_of(cfg)
+    par = rt.parallel
+    if par.active:
+        if not kind.data_parallel:
+            raise ConfigError(f"{type(cfg).__name__} runs do not train on several processes yet; "
+                              f"supervised FF does")
+        distributed.check_batch(cfg.batch_size, par)
+        distributed.check_same(config.dumps(cfg), "config", par, rt.device)
+        distributed.check_same(_fingerprint(data), "dataset", par, rt.device)
+        log(f"data parallel: rank {par.rank} of {par.world_size} ({par.backend})")
+        if not par.is_main:   # one process speaks for the job
+            log = lambda s: None  # noqa: E731
     if kind.run is not None:   # a kind with no training loop
         run = runs.Run(out, cfg, recipe=recipe)
         runs.write_json(run.path / DATA_FILE, inputs.shape_record(shape))
@@ -119,12 +130,13 @@ def _fit(cfg: Any, out: str, *, data: Any, recipe: str | None, resume: bool, dat
     task = build_task(cfg, rt, shape)
     if task.setup is not None:
         task.setup(data)
-    run = runs.Run(out, cfg, recipe=recipe, resume=resume)
+    run = runs.Run(out, cfg, recipe=recipe, resume=resume, env=par.record(), writer=par.is_main)
     if shape is not None:
         if resume and inputs.shape_from_record(_read_data_record(out)) != shape:
             raise CheckpointError(f"{out} was trained on {_read_data_record(out) or 'MNIST-shaped data'}; "
                                   f"this data is {inputs.shape_record(shape)}")
-        runs.write_json(run.path / DATA_FILE, inputs.shape_record(shape))
+        if par.is_main:
+            runs.write_json(run.path / DATA_FILE, inputs.shape_record(shape))
     if task.info:
         log(" | ".join(f"{k} {v}" for k, v in task.info.items()))
     start_epoch, wall, first_loss = 0, 0.0, None
@@ -150,10 +162,14 @@ def _fit(cfg: Any, out: str, *, data: Any, recipe: str | None, resume: bool, dat
             loss = task.step(x_train[idx], y_train[idx], g, idx)
             loss_sum += loss
             if first_loss is None:   # the run's one extra host read: the scale divergence is judged by
-                first_loss = loss.item()
+                first = loss.detach().clone().reshape(1)
+                distributed.mean_over_ranks([first], par)
+                first_loss = first.item()
             if progress and i % 100 == 99:  # .item() syncs: only when we show it
                 bar.set_postfix(loss=f"{loss_sum.item() / (i + 1):.4f}")
         bar.close()
+        loss_sum = loss_sum.reshape(1)
+        distributed.mean_over_ranks([loss_sum], par)   # each rank's loss is its share's mean
         train_loss = loss_sum.item() / steps
         _check_divergence(train_loss, first_loss, epoch, cfg)
         wall += time.perf_counter() - t0
@@ -161,9 +177,9 @@ def _fit(cfg: Any, out: str, *, data: Any, recipe: str | None, resume: bool, dat
                    "wall_time_s": wall, "lr": task.optimizers[next(iter(task.optimizers))].param_groups[0]["lr"]}
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
             task.train(False)
-            metrics.update({f"test_{k}": v for k, v in task.evaluate(data["x_test"], data["y_test"]).items()})
-            metrics.update({f"train_{k}": v for k, v in task.evaluate(
-                x_train[train_eval_idx], y_train[train_eval_idx]).items()})
+            metrics.update({f"test_{k}": v for k, v in _evaluate(task, data["x_test"], data["y_test"], rt).items()})
+            metrics.update({f"train_{k}": v for k, v in _evaluate(
+                task, x_train[train_eval_idx], y_train[train_eval_idx], rt).items()})
         run.log(metrics)
         log(format_metrics(metrics))
         state = {"epoch": epoch + 1, "wall_time_s": wall, "first_loss": first_loss,
@@ -171,6 +187,7 @@ def _fit(cfg: Any, out: str, *, data: Any, recipe: str | None, resume: bool, dat
         if task.get_state is not None:
             state["task"] = task.get_state()
         run.save_checkpoint(task.modules, state)
+        distributed.barrier(par)   # every rank can resume from the checkpoint rank 0 wrote
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < cfg.epochs:
             return {"interrupted_after_epoch": epoch + 1}
 
@@ -178,10 +195,27 @@ def _fit(cfg: Any, out: str, *, data: Any, recipe: str | None, resume: bool, dat
     results = {k: v for k, v in metrics.items() if k.startswith(("test_", "train_"))}
     results.update({"epochs": cfg.epochs, "wall_time_s": wall, "recipe": recipe, "train_images": n,
                     "device": str(rt.device), "dtype": rt.dtype, **task.info})
-    if task.finalize is not None:
+    if task.finalize is not None and par.is_main:
         task.finalize(run, data)
     run.write_results(results)
     return results
+
+
+def _evaluate(task: Task, x: torch.Tensor, y: torch.Tensor, rt: Runtime) -> dict[str, float]:
+    """``task.evaluate`` on ``x``; in a data-parallel job each rank evaluates its share and the
+    rates are combined weighted by the shares' sizes."""
+    par = rt.parallel
+    if not par.active:
+        return task.evaluate(x, y)
+    xs, ys = torch.tensor_split(x, par.world_size)[par.rank], torch.tensor_split(y, par.world_size)[par.rank]
+    local = task.evaluate(xs, ys) if xs.shape[0] else {}
+    sums = distributed.sum_over_ranks({k: v * xs.shape[0] for k, v in local.items()}, par, rt.device)
+    return {k: v / x.shape[0] for k, v in sums.items()}
+
+
+def _fingerprint(data: dict[str, torch.Tensor]) -> str:
+    """Sizes and sums of the dataset's arrays: equal on every rank of a job that reads the same data."""
+    return ";".join(f"{k}:{tuple(v.shape)}:{float(v.double().sum()):.6g}" for k, v in sorted(data.items()))
 
 
 def _restore(out: str, run: runs.Run, task: Task, cfg: Any, device: torch.device) -> tuple[int, float, float | None]:

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
+from .. import distributed
 from ..config import check_choice
 from ..errors import ConfigError
 from ..negatives import overlay_label
@@ -99,7 +100,10 @@ class SupervisedEngine:
                 # (the same update as opt.step(), tests/test_update.py).
                 self._net_update = CompiledUpdate(opt, copied=[layer.weight for layer in net.layers],
                                                   dtype=self.dtype)
-        if (name == "shared" and self.dtype is None and isinstance(opt, torch.optim.SGD)
+        if rt.parallel.active:
+            # data parallel: gradients are averaged over the processes as tensors before the step
+            self._net_update = None
+        elif (name == "shared" and self.dtype is None and isinstance(opt, torch.optim.SGD)
                 and opt.param_groups[0]["momentum"] > 0):
             # fp32 SGD: each weight-gradient product made straight into the momentum buffer
             # (the same update as opt.step(), tests/test_update.py).
@@ -165,6 +169,7 @@ class SupervisedEngine:
             if self._net_update is not None:
                 self._net_update.step(grads)
             else:
+                _average(self.net, self.rt)
                 self.opt.step()
         elif self._defer:   # the products are the engine's work, not the update's: still made
             for g in grads:
@@ -175,6 +180,7 @@ class SupervisedEngine:
     def head_step(self) -> None:
         """The head's optimizer step (after ``neutral``)."""
         if self._update_enabled:
+            _average(self.head, self.rt)
             self.head_opt.step()
 
     @contextlib.contextmanager
@@ -188,10 +194,19 @@ class SupervisedEngine:
             self._update_enabled = True
 
 
+def _average(module: torch.nn.Module, rt: Runtime) -> None:
+    """Data parallel: the module's gradients averaged over the processes (one all-reduce)."""
+    if rt.parallel.active:
+        distributed.mean_over_ranks([p.grad for p in module.parameters() if p.grad is not None], rt.parallel)
+
+
 def supervised_engine(requested: str, compile: str, net: FFNet, head: SoftmaxHead,
                       opt: torch.optim.Optimizer, head_opt: torch.optim.Optimizer, *,
                       layers: list[int], num_classes: int, rt: Runtime) -> SupervisedEngine:
     """The engine for this net, config and runtime (``choose_engine``, ``choose_compile``)."""
     name = choose_engine(requested, net)
+    # data parallel averages the peer means and gradients with collectives, which a compiled
+    # graph would have to trace: such runs step eagerly
+    compiled = choose_compile(compile, name, rt) and not rt.parallel.active
     return SupervisedEngine(name, net, head, opt, head_opt, layers=layers, num_classes=num_classes,
-                            rt=rt, compile=choose_compile(compile, name, rt))
+                            rt=rt, compile=compiled)

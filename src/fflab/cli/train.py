@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import time
 from pathlib import Path
@@ -50,11 +51,18 @@ def run(args: argparse.Namespace) -> int:
         out = args.out or f"runs/{recipe_name}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
         if (Path(out) / "results.json").exists():
             raise ConfigError(f"{out} already holds a finished run; choose another --out")
-    print(f"recipe {recipe_name} -> {out}")
-    print(dumps_grouped(cfg))
-    results = fit(cfg, out, recipe=recipe_name, resume=bool(args.resume), data_dir=args.data_dir,
-                  # a bar redrawn with carriage returns only clutters a log file
-                  progress=not args.no_progress and sys.stderr.isatty())
-    print("results:", " | ".join(f"{k} {100 * v:.2f}%" for k, v in results.items() if "error" in k and "test" in k))
-    print(f"wall time {results['wall_time_s']:.0f}s; run folder {out}")
+    main = os.environ.get("RANK", "0") == "0"   # under torchrun, rank 0 speaks for the job
+    say = print if main else (lambda *a, **k: None)
+    say(f"recipe {recipe_name} -> {out}")
+    say(dumps_grouped(cfg))
+    try:
+        results = fit(cfg, out, recipe=recipe_name, resume=bool(args.resume), data_dir=args.data_dir,
+                      # a bar redrawn with carriage returns only clutters a log file
+                      progress=main and not args.no_progress and sys.stderr.isatty())
+    finally:
+        import torch.distributed as dist
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    say("results:", " | ".join(f"{k} {100 * v:.2f}%" for k, v in results.items() if "error" in k and "test" in k))
+    say(f"wall time {results['wall_time_s']:.0f}s; run folder {out}")
     return 0

@@ -32,10 +32,11 @@ class Kind:
     build: Callable[..., Any] | None = None
     run: Callable[..., dict[str, float]] | None = None
     images: bool = True
+    data_parallel: bool = False     # trains as a torchrun job (fflab.distributed)
 
 
 KINDS: dict[str, Kind] = {k.config.__name__: k for k in (
-    Kind(supervised.SupervisedFFConfig, build=supervised.build),        # paper section 3.3
+    Kind(supervised.SupervisedFFConfig, build=supervised.build, data_parallel=True),   # paper section 3.3
     Kind(backprop.BPConfig, build=backprop.build),                      # section 3.1
     Kind(unsupervised.UnsupervisedFFConfig, build=unsupervised.build),  # section 3.2
     Kind(recurrent.RecurrentFFConfig, build=recurrent.build),           # section 4

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .. import runs
+from .. import distributed, runs
 from .._engines import dense
 from .._engines.supervised import supervised_engine
 from ..config import CommonConfig, HeadFields, ObjectiveFields, OptimizerFields, check_choice
@@ -105,19 +105,28 @@ def build(cfg: SupervisedFFConfig, rt: Runtime, shape: DataShape = MNIST_SHAPE) 
             return hard_wrong_labels(probs, y, generator=g)
         return uniform_wrong_labels(y, num_classes, generator=g)
 
+    par = rt.parallel
+    if par.active:   # every layer's running peer mean from the whole global batch
+        for layer in net.layers:
+            layer.batch_mean = lambda m: distributed.mean_over_ranks([m], par) or m
+
     def step(x: torch.Tensor, y: torch.Tensor, g: torch.Generator, idx: torch.Tensor | None = None) -> torch.Tensor:
         if cfg.jitter:
             x = jitter(x, cfg.jitter, generator=g)
-        inputs = engine.inputs(x)               # the shared first-layer image product, or the images
+        # A data-parallel rank trains on its share of the global batch; the random draws below
+        # are made for the whole batch on every rank, as one process would make them.
+        mine = par.shard(x.shape[0]) if par.active else slice(None)
+        inputs = engine.inputs(x[mine])         # the shared first-layer image product, or the images
         # The neutral pass trains the head and gives the hard-negative probabilities; with
         # neutral_every = k > 1 only on every k-th step (4 forward-equivalents instead of 5).
         stale = cache.stale(idx)
         if stale:
             probs = cache.get(idx)
         else:
-            probs = engine.neutral(inputs, y)   # the head's gradients are set here
+            probs = distributed.gather_rows(engine.neutral(inputs, y[mine]), par)   # head gradients set
             cache.put(idx, probs)
-        loss = engine.update(inputs, y, negatives(probs, y, g))   # FF gradients, the net's step
+        y_neg = negatives(probs, y, g)
+        loss = engine.update(inputs, y[mine], y_neg[mine])   # FF gradients, the net's step
         if not stale:
             engine.head_step()
         return loss

@@ -1,0 +1,133 @@
+"""Data-parallel training over processes launched by ``torchrun`` (PyTorch's ``torch.distributed``).
+
+``torchrun --nproc-per-node N -m fflab train RECIPE ...`` starts N processes; each reads the whole
+dataset, draws the same shuffled batches (same seed), and trains on its 1/N of every global batch.
+After each backward-free local update the processes average their gradients (one all-reduce of
+one flat buffer per optimizer step), so with the same seed and global batch they make the same
+updates as one process up to float rounding. Where supervised FF draws randomness over a batch
+(jitter, hard negatives), every process draws it for the whole global batch from the same
+generator and takes its share, so the draws are those of one process too. Rank 0 alone writes
+the run folder and its checkpoints; every rank can resume from them. gloo on CPU, NCCL on GPU;
+nothing home-made for transport or launch.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .errors import ConfigError
+
+RENDEZVOUS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+@dataclass(frozen=True)
+class Parallel:
+    """This process's place in the job: rank, world size, backend and mode."""
+    rank: int = 0
+    world_size: int = 1
+    backend: str = ""
+    mode: str = "none"        # none | data
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def shard(self, n: int) -> slice:
+        """This rank's rows of a batch of n (``check_batch`` made n divisible)."""
+        per = n // self.world_size
+        return slice(self.rank * per, (self.rank + 1) * per)
+
+    def record(self) -> dict[str, object]:
+        """What ``env.json`` records, so a run's numbers say what made them."""
+        return {"world_size": self.world_size, "backend": self.backend or None, "parallel": self.mode}
+
+
+SINGLE = Parallel()
+
+
+def from_environment(device: torch.device) -> Parallel:
+    """The job this process belongs to: a single process unless ``WORLD_SIZE`` > 1, in which case
+    torchrun's rendezvous variables must all be set; joins the process group once."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world <= 1:
+        return SINGLE
+    import torch.distributed as dist
+    missing = [k for k in RENDEZVOUS if not os.environ.get(k)]
+    if missing:
+        raise ConfigError(f"WORLD_SIZE={world} but {', '.join(missing)} not set: launch with torchrun "
+                          f"(e.g. torchrun --standalone --nproc-per-node {world} -m fflab train ...)")
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend)
+    return Parallel(dist.get_rank(), dist.get_world_size(), backend, "data")
+
+
+def check_batch(batch_size: int, par: Parallel) -> None:
+    if par.active and batch_size % par.world_size:
+        raise ConfigError(f"batch_size={batch_size} does not split over {par.world_size} processes: "
+                          f"use a multiple of {par.world_size}")
+
+
+def mean_over_ranks(tensors: Sequence[torch.Tensor], par: Parallel) -> None:
+    """Average ``tensors`` over the processes, in place, in one all-reduce of one flat buffer."""
+    if not par.active or not tensors:
+        return
+    import torch.distributed as dist
+    flat = torch.cat([t.reshape(-1).float() for t in tensors])
+    dist.all_reduce(flat)
+    flat /= par.world_size
+    offset = 0
+    for t in tensors:
+        n = t.numel()
+        t.copy_(flat[offset:offset + n].view_as(t))
+        offset += n
+
+
+def gather_rows(t: torch.Tensor, par: Parallel) -> torch.Tensor:
+    """The rows of every rank's ``t``, in rank order (each rank holds an equal share)."""
+    if not par.active:
+        return t
+    import torch.distributed as dist
+    parts = [torch.empty_like(t) for _ in range(par.world_size)]
+    dist.all_gather(parts, t.contiguous())
+    return torch.cat(parts)
+
+
+def sum_over_ranks(values: dict[str, float], par: Parallel, device: torch.device) -> dict[str, float]:
+    """Sum each value over the processes (e.g. error counts of each rank's share of a test set)."""
+    if not par.active:
+        return values
+    import torch.distributed as dist
+    keys = sorted(values)
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return dict(zip(keys, t.tolist()))
+
+
+def check_same(text: str, what: str, par: Parallel, device: torch.device) -> None:
+    """A ConfigError on every rank unless every rank holds the same ``text`` (a config, a
+    data fingerprint): a job whose processes disagree would train on nonsense."""
+    if not par.active:
+        return
+    import torch.distributed as dist
+    digest = torch.tensor(list(hashlib.sha256(text.encode()).digest()[:8]), dtype=torch.int64, device=device)
+    parts = [torch.empty_like(digest) for _ in range(par.world_size)]
+    dist.all_gather(parts, digest)
+    differ = [r for r, p in enumerate(parts) if not torch.equal(p, parts[0])]
+    if differ:
+        raise ConfigError(f"rank(s) {differ} have a different {what} from rank 0: every process must "
+                          f"run the same command on the same data")
+
+
+def barrier(par: Parallel) -> None:
+    if par.active:
+        import torch.distributed as dist
+        dist.barrier()
