@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -131,3 +131,20 @@ def barrier(par: Parallel) -> None:
     if par.active:
         import torch.distributed as dist
         dist.barrier()
+
+
+def evaluate_sharded(evaluate: Callable[[torch.Tensor, torch.Tensor], dict[str, float]], x: torch.Tensor,
+                     y: torch.Tensor, par: Parallel, device: torch.device) -> dict[str, float]:
+    """``evaluate(x, y)``; in a data-parallel job each rank evaluates its share and the rates are
+    combined weighted by the shares' sizes."""
+    if not par.active:
+        return evaluate(x, y)
+    xs, ys = torch.tensor_split(x, par.world_size)[par.rank], torch.tensor_split(y, par.world_size)[par.rank]
+    local = evaluate(xs, ys) if xs.shape[0] else {}
+    sums = sum_over_ranks({k: v * xs.shape[0] for k, v in local.items()}, par, device)
+    return {k: v / x.shape[0] for k, v in sums.items()}
+
+
+def fingerprint(data: dict[str, torch.Tensor]) -> str:
+    """Sizes and sums of a dataset's arrays: equal on every rank of a job that reads the same data."""
+    return ";".join(f"{k}:{tuple(v.shape)}:{float(v.double().sum()):.6g}" for k, v in sorted(data.items()))

@@ -17,6 +17,7 @@ import torch
 
 from . import config, distributed, experiments, inputs, runs, runtime
 from .errors import CheckpointError, ConfigError, TrainingDiverged
+from .experiments import load_data
 from .optim import lr_factor
 from .runtime import Runtime
 from .task import MNIST_SHAPE, DataShape, Task, epoch_generator
@@ -27,26 +28,6 @@ IN_MEMORY = "in-memory"     # the dataset name of a run trained with fit(data=..
 # An epoch's mean training loss this many times the run's first step's is divergence, even while
 # finite (``lr=1e9`` sends the demo's loss to 4e25 without an inf).
 DIVERGED_FACTOR = 1e6
-
-
-def load_data(cfg: Any, device: torch.device, data_dir: str | None = None, *,
-              data: Mapping[str, Any] | Sequence[Any] | None = None,
-              ) -> tuple[dict[str, torch.Tensor], DataShape | None]:
-    """The whole dataset as tensors on ``device`` (MNIST is 190 MB as float32: batches are index
-    draws), from ``data`` (arrays the caller holds) or else ``cfg.dataset``, and its
-    ``DataShape`` (None for kinds that read no images)."""
-    kind = experiments.kind_of(cfg)
-    d = experiments.load_dataset(cfg, data_dir) if data is None else data
-    shape = None
-    if kind.images:
-        d, shape = inputs.prepare(d)
-    elif data is not None:
-        d = dict(zip(inputs.KEYS, data)) if not isinstance(data, Mapping) else dict(data)
-    if cfg.train_subset:
-        d["x_train"], d["y_train"] = d["x_train"][: cfg.train_subset], d["y_train"][: cfg.train_subset]
-    if cfg.test_subset:
-        d["x_test"], d["y_test"] = d["x_test"][: cfg.test_subset], d["y_test"][: cfg.test_subset]
-    return {k: v.to(device) for k, v in d.items()}, shape
 
 
 def build_task(cfg: Any, rt: Runtime | torch.device | str, shape: DataShape | None = None) -> Task:
@@ -114,7 +95,7 @@ def _fit(cfg: Any, out: str, *, data: Any, recipe: str | None, resume: bool, dat
                               f"supervised FF does")
         distributed.check_batch(cfg.batch_size, par)
         distributed.check_same(config.dumps(cfg), "config", par, rt.device)
-        distributed.check_same(_fingerprint(data), "dataset", par, rt.device)
+        distributed.check_same(distributed.fingerprint(data), "dataset", par, rt.device)
         log(f"data parallel: rank {par.rank} of {par.world_size} ({par.backend})")
         if not par.is_main:   # one process speaks for the job
             log = lambda s: None  # noqa: E731
@@ -177,9 +158,10 @@ def _fit(cfg: Any, out: str, *, data: Any, recipe: str | None, resume: bool, dat
                    "wall_time_s": wall, "lr": task.optimizers[next(iter(task.optimizers))].param_groups[0]["lr"]}
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
             task.train(False)
-            metrics.update({f"test_{k}": v for k, v in _evaluate(task, data["x_test"], data["y_test"], rt).items()})
-            metrics.update({f"train_{k}": v for k, v in _evaluate(
-                task, x_train[train_eval_idx], y_train[train_eval_idx], rt).items()})
+            for split, (xs, ys) in (("test", (data["x_test"], data["y_test"])),
+                                    ("train", (x_train[train_eval_idx], y_train[train_eval_idx]))):
+                errors = distributed.evaluate_sharded(task.evaluate, xs, ys, rt.parallel, rt.device)
+                metrics.update({f"{split}_{k}": v for k, v in errors.items()})
         run.log(metrics)
         log(format_metrics(metrics))
         state = {"epoch": epoch + 1, "wall_time_s": wall, "first_loss": first_loss,
@@ -199,23 +181,6 @@ def _fit(cfg: Any, out: str, *, data: Any, recipe: str | None, resume: bool, dat
         task.finalize(run, data)
     run.write_results(results)
     return results
-
-
-def _evaluate(task: Task, x: torch.Tensor, y: torch.Tensor, rt: Runtime) -> dict[str, float]:
-    """``task.evaluate`` on ``x``; in a data-parallel job each rank evaluates its share and the
-    rates are combined weighted by the shares' sizes."""
-    par = rt.parallel
-    if not par.active:
-        return task.evaluate(x, y)
-    xs, ys = torch.tensor_split(x, par.world_size)[par.rank], torch.tensor_split(y, par.world_size)[par.rank]
-    local = task.evaluate(xs, ys) if xs.shape[0] else {}
-    sums = distributed.sum_over_ranks({k: v * xs.shape[0] for k, v in local.items()}, par, rt.device)
-    return {k: v / x.shape[0] for k, v in sums.items()}
-
-
-def _fingerprint(data: dict[str, torch.Tensor]) -> str:
-    """Sizes and sums of the dataset's arrays: equal on every rank of a job that reads the same data."""
-    return ";".join(f"{k}:{tuple(v.shape)}:{float(v.double().sum()):.6g}" for k, v in sorted(data.items()))
 
 
 def _restore(out: str, run: runs.Run, task: Task, cfg: Any, device: torch.device) -> tuple[int, float, float | None]:

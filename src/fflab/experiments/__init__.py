@@ -9,7 +9,7 @@ file imports what it lists.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,11 +17,13 @@ from typing import Any
 import torch
 
 from .. import config as config_mod
-from .. import runs
+from .. import inputs, runs
 from ..errors import CheckpointError, ConfigError
+from ..task import DataShape
 from . import backprop, fast_learning, local_recurrent, recurrent, sequences, supervised, unsupervised
 
-__all__ = ["Kind", "KINDS", "DATASETS", "kind_of", "config_from_dict", "read_config", "load_dataset"]
+__all__ = ["Kind", "KINDS", "DATASETS", "kind_of", "config_from_dict", "read_config", "load_dataset",
+           "load_data"]
 
 
 @dataclass(frozen=True)
@@ -114,3 +116,23 @@ def read_config(run_dir: str | Path, *, note: Callable[[str], None] | None = Non
         raise CheckpointError(f"{p} is not a config (not a JSON object)")
     recipe = d.pop("recipe", None)
     return config_from_dict(d, note=note), recipe
+
+
+def load_data(cfg: Any, device: torch.device, data_dir: str | None = None, *,
+              data: Mapping[str, Any] | Sequence[Any] | None = None,
+              ) -> tuple[dict[str, torch.Tensor], DataShape | None]:
+    """The whole dataset as tensors on ``device`` (MNIST is 190 MB as float32: batches are index
+    draws), from ``data`` (arrays the caller holds) or else ``cfg.dataset``, and its
+    ``DataShape`` (None for kinds that read no images)."""
+    kind = kind_of(cfg)
+    d = load_dataset(cfg, data_dir) if data is None else data
+    shape = None
+    if kind.images:
+        d, shape = inputs.prepare(d)
+    elif data is not None:
+        d = dict(zip(inputs.KEYS, data)) if not isinstance(data, Mapping) else dict(data)
+    if cfg.train_subset:
+        d["x_train"], d["y_train"] = d["x_train"][: cfg.train_subset], d["y_train"][: cfg.train_subset]
+    if cfg.test_subset:
+        d["x_test"], d["y_test"] = d["x_test"][: cfg.test_subset], d["y_test"][: cfg.test_subset]
+    return {k: v.to(device) for k, v in d.items()}, shape
