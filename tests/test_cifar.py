@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 
+from fflab.data import cache as cache_mod
 from fflab.data import cifar, sources
 from fflab.data.cifar import BINARY_ARCHIVE, BINARY_FOLDER, PYTHON_ARCHIVE, PYTHON_FOLDER, fetch_cifar10
 from fflab.errors import DataError
@@ -495,7 +496,7 @@ def test_tampered_cache_is_not_trusted(tmp_path, tiny):
     arrays, meta = cifar.load_arrays(path)
     arrays["y_test"] = arrays["y_test"].copy()
     arrays["y_test"][0] = (arrays["y_test"][0] + 1) % 10
-    cifar.save_arrays(path, arrays, meta)
+    cache_mod.save_arrays(path, arrays, meta)
     with pytest.raises(DataError, match="y_test sha256 mismatch"):
         cifar.load_cache(tiny.spec, path)
     assert_same(fetch_cifar10(data_dir=tmp_path / "d").arrays, tiny.arrays)  # rebuilt from the files

@@ -7,9 +7,11 @@ This module only stores and reads; whether the content is right is checked by ``
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -76,3 +78,20 @@ def load_arrays(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
         raise DataError(f"{path}: cache format {meta.get('cache_format') if isinstance(meta, dict) else '?'}"
                         f", expected {CACHE_FORMAT}")
     return arrays, meta
+
+
+def array_sha256(arr: np.ndarray) -> str:
+    """SHA-256 of an array's bytes (C order): what a cache entry records to be checked on load."""
+    return hashlib.sha256(np.ascontiguousarray(arr)).hexdigest()
+
+
+def write_cache(path: Path, arrays: dict[str, np.ndarray], meta: dict, *, stacklevel: int = 2) -> Path | None:
+    """``save_arrays``, or None with a warning when the cache cannot be written: the data is fine,
+    only the next run will be slower, so the run goes on."""
+    try:
+        return save_arrays(path, arrays, meta)
+    except OSError as e:
+        warnings.warn(f"fflab: could not write the data cache {path} ({e}); set FFLAB_CACHE_DIR to a "
+                      f"writable folder", RuntimeWarning, stacklevel=stacklevel + 1)
+        return None
+

@@ -27,9 +27,7 @@ the stream (the way a hostile pickle runs code) is refused before it is looked u
 """
 from __future__ import annotations
 
-import hashlib
 import io
-import sys
 import tarfile
 import warnings
 import zlib
@@ -41,8 +39,8 @@ import numpy as np
 
 from ..errors import DataError
 from . import sources
-from .cache import cache_dir, load_arrays, save_arrays
-from .mnist import Fetched, named_data_dir
+from .cache import array_sha256, cache_dir, load_arrays, write_cache
+from .mnist import Fetched, _md5, _say, named_data_dir
 from .safe_pickle import safe_unpickle
 from .sources import SourceUnavailable
 
@@ -188,10 +186,6 @@ def decode_batches(spec: CifarSpec, fmt: str, blobs: dict[str, bytes], names: di
 
 
 # ---------------------------------------------------------------------------------- archives
-def _md5(data: bytes) -> str:
-    return hashlib.md5(data).hexdigest()
-
-
 def _gunzip_tar(blob: bytes, *, name: str, expected_size: int | None) -> bytes:
     size_note = f"file is {len(blob)} bytes" + (f", the official archive {expected_size} bytes"
                                                 if expected_size else "")
@@ -273,10 +267,6 @@ def batch_paths(spec: CifarSpec, folder: Path, fmt: str) -> dict[str, Path]:
 
 
 # ---------------------------------------------------------------------------------- the cache
-def _sha256(arr: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(arr)).hexdigest()
-
-
 def load_cache(spec: CifarSpec, path: Path) -> tuple[dict[str, np.ndarray], dict]:
     """A verified cache entry: the four arrays with the right dtype, shape, label range and the
     sha256 recorded when it was built. Missing -> SourceUnavailable; anything else -> DataError."""
@@ -290,7 +280,7 @@ def load_cache(spec: CifarSpec, path: Path) -> tuple[dict[str, np.ndarray], dict
         arr = arrays[key]
         if arr.dtype != np.uint8 or arr.shape != spec.shape(key):
             raise DataError(f"{path}: {key} is {arr.dtype} {arr.shape}, expected uint8 {spec.shape(key)}")
-        if (found := _sha256(arr)) != recorded.get(key):
+        if (found := array_sha256(arr)) != recorded.get(key):
             raise DataError(f"{path}: {key} sha256 mismatch: expected {recorded.get(key)}, found {found}")
     if int(arrays["y_train"].max(initial=0)) >= spec.num_classes or \
             int(arrays["y_test"].max(initial=0)) >= spec.num_classes:
@@ -299,14 +289,9 @@ def load_cache(spec: CifarSpec, path: Path) -> tuple[dict[str, np.ndarray], dict
 
 
 def _write_cache(path: Path, arrays: dict[str, np.ndarray], meta: dict) -> Path | None:
-    meta = dict(meta, sha256={k: _sha256(v) for k, v in arrays.items()})
-    try:
-        return save_arrays(path, arrays, meta)
-    except OSError as e:
-        # The data is fine; only the next run will be slower. Say so instead of failing this run.
-        warnings.warn(f"fflab: could not write the data cache {path} ({e}); set FFLAB_CACHE_DIR to a "
-                      f"writable folder", RuntimeWarning, stacklevel=4)
-        return None
+    """The cache entry, with each array's SHA-256 for ``load_cache`` to check."""
+    return write_cache(path, arrays, dict(meta, sha256={k: array_sha256(v) for k, v in arrays.items()}),
+                       stacklevel=4)
 
 
 def _cache_if_built_from(spec: CifarSpec, path: Path, fp) -> dict[str, np.ndarray] | None:
@@ -385,10 +370,6 @@ def _from_named_dir(spec: CifarSpec, named: tuple[str, str], cache_path: Path) -
     source = f"{label}: {path}"
     meta = {"name": spec.name, "origin": source, "files": [str(p) for p in files], "fingerprint": fp}
     return Fetched(spec.name, arrays, source, source, _write_cache(cache_path, arrays, meta))
-
-
-def _say(msg: str) -> None:
-    print(f"fflab: {msg}", file=sys.stderr, flush=True)
 
 
 def fetch_cifar10(*, data_dir: str | Path | None = None, download: bool = True,

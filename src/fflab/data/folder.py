@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import DataError
-from .cache import cache_dir, load_arrays, save_arrays
+from .cache import array_sha256, cache_dir, load_arrays, save_arrays
 
 if TYPE_CHECKING:
     import torch
@@ -211,10 +211,6 @@ def decode_images(paths: list[str] | list[Path], *, workers: int | None = None) 
 
 
 # ---------------------------------------------------------------------------------- the cache
-def _sha256(arr: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(arr)).hexdigest()
-
-
 def folder_cache_path(root: Path) -> Path:
     key = hashlib.sha256(str(root.resolve()).encode("utf-8", "surrogateescape")).hexdigest()[:20]
     return cache_dir() / "image_folders" / f"{key}.npz"
@@ -236,7 +232,7 @@ def _cached(path: Path, root: Path, fingerprint: str, classes: list[str], counts
         if (x.dtype != np.uint8 or x.ndim != 4 or x.shape[0] != counts[split] or y.shape != (counts[split],)
                 or x.shape[1:] != arrays["x_train"].shape[1:]):
             return None
-    if any(_sha256(arrays[k]) != sha.get(k) for k in KEYS):
+    if any(array_sha256(arrays[k]) != sha.get(k) for k in KEYS):
         return None
     return arrays
 
@@ -262,7 +258,7 @@ def read_image_folder(path: str | Path, *, workers: int | None = None, cache: bo
               "x_test": x[n:], "y_test": np.array([c for _, c in files["test"]], dtype=label_dtype)}
     if cache:
         meta = {"kind": "image_folder", "path": str(root.resolve()), "fingerprint": fingerprint,
-                "classes": classes, "sha256": {k: _sha256(v) for k, v in arrays.items()}}
+                "classes": classes, "sha256": {k: array_sha256(v) for k, v in arrays.items()}}
         try:
             save_arrays(cache_path, arrays, meta)
         except OSError as e:

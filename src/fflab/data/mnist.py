@@ -37,7 +37,7 @@ import numpy as np
 
 from ..errors import DataError
 from . import sources
-from .cache import cache_dir, load_arrays, save_arrays
+from .cache import cache_dir, load_arrays, write_cache
 from .idx import gunzip, idx_md5, is_gzip, parse_idx
 from .sources import SourceUnavailable
 
@@ -391,7 +391,7 @@ def fetch_dataset(name: str = "mnist", *, data_dir: str | Path | None = None, do
 
 def _store(spec, arrays, md5s, label, names, fp, cache_path, tried, corrupt) -> Fetched:
     meta = {"name": spec.name, "origin": label, "files": names, "md5": md5s, "fingerprint": fp}
-    written = _write_cache(cache_path, arrays, meta, stacklevel=4)
+    written = write_cache(cache_path, arrays, meta, stacklevel=3)
     return _done(spec, arrays, label, label, written, tried, corrupt, stacklevel=4)
 
 
@@ -405,17 +405,6 @@ def _cache_if_built_from(spec: DatasetSpec, cache_path: Path, fp) -> dict[str, n
     except DataError:
         return None
     return arrays if meta.get("fingerprint") == fp else None
-
-
-def _write_cache(path: Path, arrays: dict[str, np.ndarray], meta: dict, stacklevel: int = 4
-                 ) -> Path | None:
-    try:
-        return save_arrays(path, arrays, meta)
-    except OSError as e:
-        # The data is fine; only the next run will be slower. Say so instead of failing this run.
-        warnings.warn(f"fflab: could not write the data cache {path} ({e}); set FFLAB_CACHE_DIR to a "
-                      f"writable folder", RuntimeWarning, stacklevel=stacklevel)
-        return None
 
 
 def _done(spec, arrays, source, origin, cache_path, tried, corrupt, stacklevel: int = 3) -> Fetched:
