@@ -54,7 +54,7 @@ def test_config_groups_and_the_grouped_listing():
     cfg = SupervisedFFConfig()
     g = groups(cfg)
     assert list(g) == ["run", "runtime", "optimizer", "head", "objective", "model"]
-    assert g["runtime"] == ["device", "dtype", "threads"]
+    assert g["runtime"] == ["device", "dtype", "threads"] and "parallel" in g["run"]
     assert "engine" in g["model"] and "lr" in g["optimizer"] and "peer_norm" in g["objective"]
     assert sum(map(len, g.values())) == len(cfg.__dataclass_fields__)   # every key in one group
     assert "head" not in groups(SequenceBPConfig())                        # only the groups a kind has

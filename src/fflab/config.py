@@ -70,6 +70,7 @@ class RunFields:
     train_eval_size: int = 10000  # training images used to measure train error each evaluation
     eval_every: int = 1           # evaluate every N epochs (and always after the last)
     jitter: int = 0               # random shifts of up to N pixels each way (paper section 3.3)
+    parallel: str = "auto"        # under torchrun: data | pipeline (auto: data); see fflab.distributed
 
     def __post_init__(self) -> None:
         check_ranges(self)

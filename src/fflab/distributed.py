@@ -1,4 +1,7 @@
-"""Data-parallel training over processes launched by ``torchrun`` (PyTorch's ``torch.distributed``).
+"""Training over processes launched by ``torchrun`` (PyTorch's ``torch.distributed``).
+
+Two modes (config key ``parallel``). ``data`` (the default under torchrun) is described here;
+``pipeline`` (each process owns a block of layers) is ``fflab.pipeline``.
 
 ``torchrun --nproc-per-node N -m fflab train RECIPE ...`` starts N processes; each reads the whole
 dataset, draws the same shuffled batches (same seed), and trains on its 1/N of every global batch.
@@ -22,6 +25,7 @@ import torch
 from .errors import ConfigError
 
 RENDEZVOUS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+MODES = ("auto", "data", "pipeline")
 
 
 @dataclass(frozen=True)
@@ -30,7 +34,7 @@ class Parallel:
     rank: int = 0
     world_size: int = 1
     backend: str = ""
-    mode: str = "none"        # none | data
+    mode: str = "none"        # none | data | pipeline
 
     @property
     def active(self) -> bool:
@@ -53,9 +57,12 @@ class Parallel:
 SINGLE = Parallel()
 
 
-def from_environment(device: torch.device) -> Parallel:
+def from_environment(device: torch.device, mode: str = "auto") -> Parallel:
     """The job this process belongs to: a single process unless ``WORLD_SIZE`` > 1, in which case
-    torchrun's rendezvous variables must all be set; joins the process group once."""
+    torchrun's rendezvous variables must all be set; joins the process group once. ``mode``:
+    the config's ``parallel`` (auto: data parallel)."""
+    if mode not in MODES:
+        raise ConfigError(f"parallel={mode!r}: choose one of {', '.join(MODES)}")
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if world <= 1:
         return SINGLE
@@ -67,11 +74,24 @@ def from_environment(device: torch.device) -> Parallel:
     backend = "nccl" if device.type == "cuda" else "gloo"
     if not dist.is_initialized():
         dist.init_process_group(backend)
-    return Parallel(dist.get_rank(), dist.get_world_size(), backend, "data")
+    return Parallel(dist.get_rank(), dist.get_world_size(), backend, "pipeline" if mode == "pipeline" else "data")
+
+
+# Bytes this process has handed to the transport (collectives counted as a ring sends them):
+# ``fit`` logs the per-step mean, so each mode's traffic is measured, not estimated.
+_sent = [0]
+
+
+def bytes_sent() -> int:
+    return _sent[0]
+
+
+def _count(t: torch.Tensor, factor: float = 1.0) -> None:
+    _sent[0] += int(t.numel() * t.element_size() * factor)
 
 
 def check_batch(batch_size: int, par: Parallel) -> None:
-    if par.active and batch_size % par.world_size:
+    if par.active and par.mode == "data" and batch_size % par.world_size:
         raise ConfigError(f"batch_size={batch_size} does not split over {par.world_size} processes: "
                           f"use a multiple of {par.world_size}")
 
@@ -82,6 +102,7 @@ def mean_over_ranks(tensors: Sequence[torch.Tensor], par: Parallel) -> None:
         return
     import torch.distributed as dist
     flat = torch.cat([t.reshape(-1).float() for t in tensors])
+    _count(flat, 2 * (par.world_size - 1) / par.world_size)   # a ring all-reduce's share
     dist.all_reduce(flat)
     flat /= par.world_size
     offset = 0
@@ -89,6 +110,43 @@ def mean_over_ranks(tensors: Sequence[torch.Tensor], par: Parallel) -> None:
         n = t.numel()
         t.copy_(flat[offset:offset + n].view_as(t))
         offset += n
+
+
+def combine_loss(t: torch.Tensor, par: Parallel) -> None:
+    """A loss summed over the job, in place: data parallel averages the ranks' shares of one
+    batch; a pipeline sums its stages' layers (each rank's loss covers its own layers)."""
+    if not par.active:
+        return
+    import torch.distributed as dist
+    dist.all_reduce(t)
+    if par.mode == "data":
+        t /= par.world_size
+
+
+def send(t: torch.Tensor, dst: int, tag: int):
+    """Start sending ``t`` to rank ``dst`` (``isend``); returns the request to wait on."""
+    import torch.distributed as dist
+    _count(t)
+    return dist.isend(t.contiguous(), dst, tag=tag)
+
+
+def recv(shape: Sequence[int], src: int, tag: int, device: torch.device) -> torch.Tensor:
+    """A float32 tensor of ``shape`` received from rank ``src`` (waits for it)."""
+    import torch.distributed as dist
+    t = torch.empty(tuple(shape), device=device)
+    dist.irecv(t, src, tag=tag).wait()
+    return t
+
+
+def broadcast_from_owners(tensors: Sequence[tuple[torch.Tensor, int]], par: Parallel) -> None:
+    """Each tensor overwritten, on every rank, by its owner rank's copy (in place)."""
+    if not par.active:
+        return
+    import torch.distributed as dist
+    for t, owner in tensors:
+        if par.rank == owner:
+            _count(t, par.world_size - 1)
+        dist.broadcast(t, owner)
 
 
 def gather_rows(t: torch.Tensor, par: Parallel) -> torch.Tensor:

@@ -115,7 +115,7 @@ def resolve(cfg: Any, *, device: str | torch.device | None = None, set_threads: 
     warn_if_slow_dtype(dtype, dev)
     if set_threads and cfg.threads:
         torch.set_num_threads(cfg.threads)
-    return Runtime(dev, dtype, cfg.threads, parallel=from_environment(dev))
+    return Runtime(dev, dtype, cfg.threads, parallel=from_environment(dev, getattr(cfg, "parallel", "auto")))
 
 
 def as_runtime(rt: Runtime | torch.device | str) -> Runtime:

@@ -51,6 +51,11 @@ class Task:
     info: dict[str, str] = field(default_factory=dict)
     # The engine object, where the kind has one (benchmarks time its parts).
     engine: Any = None
+    # A kind that looks ahead within an epoch (the layer pipeline) gets the epoch's batches
+    # first: begin_epoch(fetch, steps), fetch(i) -> (x, y, idx) of the epoch's i-th batch; and
+    # end_epoch() before the epoch's evaluation and checkpoint.
+    begin_epoch: Callable[[Callable[[int], tuple], int], None] | None = None
+    end_epoch: Callable[[], None] | None = None
 
     def train(self, mode: bool = True) -> None:
         for m in self.modules.values():

@@ -96,9 +96,9 @@ def _fit(cfg: Any, out: str, *, data: Any, recipe: str | None, resume: bool, dat
         distributed.check_batch(cfg.batch_size, par)
         distributed.check_same(config.dumps(cfg), "config", par, rt.device)
         distributed.check_same(distributed.fingerprint(data), "dataset", par, rt.device)
-        log(f"data parallel: rank {par.rank} of {par.world_size} ({par.backend})")
         if not par.is_main:   # one process speaks for the job
             log = lambda s: None  # noqa: E731
+        log(f"{par.mode} parallel over {par.world_size} processes ({par.backend})")
     if kind.run is not None:   # a kind with no training loop
         run = runs.Run(out, cfg, recipe=recipe)
         runs.write_json(run.path / DATA_FILE, inputs.shape_record(shape))
@@ -138,24 +138,36 @@ def _fit(cfg: Any, out: str, *, data: Any, recipe: str | None, resume: bool, dat
         loss_sum = torch.zeros((), device=rt.device)
         bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                    disable=not progress, mininterval=0.5)
+        sent = distributed.bytes_sent()
+        if task.begin_epoch is not None:
+            def fetch(i: int, perm: torch.Tensor = perm) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                idx = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+                return x_train[idx], y_train[idx], idx
+            task.begin_epoch(fetch, steps)
         for i in bar:
             idx = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
             loss = task.step(x_train[idx], y_train[idx], g, idx)
             loss_sum += loss
             if first_loss is None:   # the run's one extra host read: the scale divergence is judged by
                 first = loss.detach().clone().reshape(1)
-                distributed.mean_over_ranks([first], par)
+                distributed.combine_loss(first, par)
                 first_loss = first.item()
             if progress and i % 100 == 99:  # .item() syncs: only when we show it
                 bar.set_postfix(loss=f"{loss_sum.item() / (i + 1):.4f}")
         bar.close()
+        sent = distributed.bytes_sent() - sent   # the steps' traffic, not the epoch's model sync below
+        if task.end_epoch is not None:
+            task.end_epoch()
         loss_sum = loss_sum.reshape(1)
-        distributed.mean_over_ranks([loss_sum], par)   # each rank's loss is its share's mean
+        distributed.combine_loss(loss_sum, par)
         train_loss = loss_sum.item() / steps
         _check_divergence(train_loss, first_loss, epoch, cfg)
         wall += time.perf_counter() - t0
         metrics = {"epoch": epoch + 1, "train_loss": train_loss, "epoch_time_s": time.perf_counter() - t0,
                    "wall_time_s": wall, "lr": task.optimizers[next(iter(task.optimizers))].param_groups[0]["lr"]}
+        if par.active:   # what this epoch's steps sent, summed over the processes
+            sent = distributed.sum_over_ranks({"b": sent}, par, rt.device)["b"]
+            metrics["sent_mb_per_step"] = sent / steps / 1e6
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
             task.train(False)
             for split, (xs, ys) in (("test", (data["x_test"], data["y_test"])),

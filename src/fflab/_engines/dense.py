@@ -53,9 +53,9 @@ def _put_weight_grad(w: torch.Tensor, a: torch.Tensor, b: torch.Tensor, grads: l
         _put_grad(w, torch.mm(a.t(), b), grads)
 
 
-def _dense_backward(layers, x: torch.Tensor, num_pos: int, eps: float, dtype: torch.dtype | None,
-                    total: torch.Tensor, hs: list[torch.Tensor], weights=None, grads=None,
-                    defer: bool = False) -> torch.Tensor:
+def stack_backward(layers, x: torch.Tensor, num_pos: int, eps: float, dtype: torch.dtype | None,
+                   total: torch.Tensor, hs: list[torch.Tensor], weights=None, grads=None,
+                   defer: bool = False) -> torch.Tensor:
     """Forward normalized input x through ``layers`` setting each layer's grads; returns the loss sum.
     ``weights``: the layers' weights already cast to ``dtype`` (saves a cast per product).
     ``grads``: a list to append (weight, bias) gradients to instead of setting ``.grad``;
@@ -74,6 +74,21 @@ def _dense_backward(layers, x: torch.Tensor, num_pos: int, eps: float, dtype: to
     return total
 
 
+def stack_forward(layers, x: torch.Tensor, eps: float, dtype: torch.dtype | None,
+                  weights=None, out_dtype: torch.dtype | None = None) -> list[torch.Tensor]:
+    """Activities of ``layers`` (pre-normalization, each in ``out_dtype`` or the products'
+    dtype) for normalized input x: the forward half of ``stack_backward``, nothing saved."""
+    hs = []
+    for i, layer in enumerate(layers):
+        xin = cast_to(x, dtype)
+        wc = weights[i] if weights is not None else cast_to(layer.weight, dtype)
+        h = linear(xin, wc, layer.bias.to(xin.dtype), relu=True)
+        h = h if out_dtype is None else h.to(out_dtype)
+        hs.append(h)
+        x = normalize(h, eps)
+    return hs
+
+
 @torch.no_grad()
 def ff_backward(net: FFNet, x_pn: torch.Tensor, num_pos: int, *, dtype: torch.dtype | None = None
                 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -84,7 +99,7 @@ def ff_backward(net: FFNet, x_pn: torch.Tensor, num_pos: int, *, dtype: torch.dt
     Returns (sum of the layers' losses (detached scalar), pre-normalization activities per layer).
     """
     hs: list[torch.Tensor] = []
-    total = _dense_backward(net.layers, normalize(x_pn, net.eps), num_pos, net.eps, dtype,
+    total = stack_backward(net.layers, normalize(x_pn, net.eps), num_pos, net.eps, dtype,
                             x_pn.new_zeros(()), hs)
     return total, hs
 
@@ -148,28 +163,27 @@ class LabelledInput:
 
     def _upper(self, h: torch.Tensor) -> list[torch.Tensor]:
         """Given the first layer's activities, those of every layer (the layers above share no work)."""
-        hs = [h]
-        for layer, wc in zip(self.net.layers[1:], self.weights[1:]):
-            xin = cast_to(normalize(h, self.net.eps), self.dtype)
-            h = linear(xin, wc, layer.bias.to(xin.dtype), relu=True).to(self.img.dtype)
-            hs.append(h)
-        return hs
+        return [h, *stack_forward(self.net.layers[1:], normalize(h, self.net.eps), self.net.eps, self.dtype,
+                                  weights=self.weights[1:], out_dtype=self.img.dtype)]
 
     @torch.no_grad()
     def ff_backward(self, y_pos: torch.Tensor, y_neg: torch.Tensor,
-                    grads: list[torch.Tensor] | None = None, defer: bool = False) -> torch.Tensor:
+                    grads: list[torch.Tensor] | None = None, defer: bool = False,
+                    hs_out: list[torch.Tensor] | None = None) -> torch.Tensor:
         """Same gradients as ``ff_backward(net, cat([overlay(x, y_pos), overlay(x, y_neg)]), B)``,
         set as ``.grad`` or, given ``grads``, appended to it in parameter order (the upper layers'
         weight gradients in the products' dtype; with ``defer``, every weight gradient as an
-        ``update.GradProduct``, for ``update.ProductSGD``). Returns the sum of the layers' losses."""
-        total, dz_r = self.ff_backward_image(y_pos, y_neg, grads, defer)
+        ``update.GradProduct``, for ``update.ProductSGD``). Returns the sum of the layers' losses;
+        ``hs_out``, given, receives every layer's activities (2B, D) (a pipeline stage sends the
+        last one up)."""
+        total, dz_r = self.ff_backward_image(y_pos, y_neg, grads, defer, hs_out)
         self.add_label_grad(dz_r, y_pos, y_neg, grads)
         return total
 
     @torch.no_grad()
     def ff_backward_image(self, y_pos: torch.Tensor, y_neg: torch.Tensor,
-                          grads: list[torch.Tensor] | None = None,
-                          defer: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                          grads: list[torch.Tensor] | None = None, defer: bool = False,
+                          hs_out: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``ff_backward`` but for the first layer's label columns: returns the loss and the
         first layer's dL/dz per input row (2B, out0), from which ``add_label_grad`` adds them.
         Split so that ``compiled_ff_backward`` can leave that small update out of the compiled
@@ -192,8 +206,10 @@ class LabelledInput:
             _put_grad(w0, torch.mm(dz_img.t(), self.img_c).to(w0.dtype), grads)
         _put_grad(layer0.bias, dz.sum(0), grads)
         hs = [h]
-        total = _dense_backward(net.layers[1:], normalize(h, net.eps), b, net.eps, self.dtype, total, hs,
-                                weights=self.weights[1:], grads=grads, defer=defer)
+        total = stack_backward(net.layers[1:], normalize(h, net.eps), b, net.eps, self.dtype, total, hs,
+                               weights=self.weights[1:], grads=grads, defer=defer)
+        if hs_out is not None:
+            hs_out.extend(hs)
         return total, dz_r
 
     @torch.no_grad()

@@ -66,7 +66,13 @@ def neutral_head_grads(li: dense.LabelledInput, head: SoftmaxHead, y: torch.Tens
     """The neutral pass of ``li`` and the one-pass softmax head on its normalized activities:
     the head's probabilities (B, C) and the gradient of its mean cross-entropy on labels ``y`` for
     its weight and bias, made without autograd (dL/dlogits = (softmax - onehot(y)) / B)."""
-    feats = li.net.features(li.forward(None), layers)
+    return head_grads(li.net.features(li.forward(None), layers), head, y)
+
+
+@torch.no_grad()
+def head_grads(feats: torch.Tensor, head: SoftmaxHead, y: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The head's probabilities on ``feats`` (B, F) and its weight and bias gradients."""
     probs = head(feats).softmax(1)
     dlogits = (probs - F.one_hot(y, probs.shape[1]).to(probs.dtype)) / y.shape[0]
     return probs, dlogits.t() @ feats, dlogits.sum(0)

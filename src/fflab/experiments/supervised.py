@@ -21,6 +21,7 @@ from ..errors import ConfigError
 from ..negatives import hard_wrong_labels, overlay_label, uniform_wrong_labels
 from ..nets import FFNet, SoftmaxHead
 from ..optim import make_optimizer
+from ..pipeline import SupervisedPipeline
 from ..runtime import Runtime
 from ..task import MNIST_SHAPE, DataShape, Task
 from ._common import check_eval_from_layer, jitter, write_goodness
@@ -39,6 +40,8 @@ class SupervisedFFConfig(ObjectiveFields, HeadFields, OptimizerFields, CommonCon
     engine: str = "auto"                  # auto | shared | analytic | autograd (fflab._engines.supervised)
     compile: str = "auto"                 # auto | true | false: torch.compile the shared engine's step
                                           # (needs a C++ compiler on CPU; auto: long runs only)
+    pipeline_lag: int = -1                # parallel=pipeline: the neutral pass runs this many steps ahead
+                                          # of the batch's update (its negatives' staleness; -1: stages - 1)
 
 
 class ProbabilityCache:
@@ -106,7 +109,7 @@ def build(cfg: SupervisedFFConfig, rt: Runtime, shape: DataShape = MNIST_SHAPE) 
         return uniform_wrong_labels(y, num_classes, generator=g)
 
     par = rt.parallel
-    if par.active:   # every layer's running peer mean from the whole global batch
+    if par.mode == "data":   # every layer's running peer mean from the whole global batch
         for layer in net.layers:
             layer.batch_mean = lambda m: distributed.mean_over_ranks([m], par) or m
 
@@ -142,11 +145,21 @@ def build(cfg: SupervisedFFConfig, rt: Runtime, shape: DataShape = MNIST_SHAPE) 
     def set_state(state: dict[str, Any]) -> None:
         cache.probs, cache.step = state["neg_probs"], int(state["step"])
 
+    pipe = None
+    if par.mode == "pipeline":
+        pipe = SupervisedPipeline(net, head, opt, head_opt, layers=layers, num_classes=num_classes, rt=rt,
+                                  cache=cache, lag=cfg.pipeline_lag, negatives=negatives,
+                                  prepare=lambda x, g: jitter(x, cfg.jitter, generator=g) if cfg.jitter else x)
+        step = pipe.step
+
     return Task(modules={"net": net, "head": head}, optimizers={"net": opt, "head": head_opt},
                 base_lrs={"net": cfg.lr, "head": cfg.head_lr}, step=step, evaluate=evaluate,
                 finalize=finalize, setup=setup, set_state=set_state,
                 get_state=lambda: {"neg_probs": cache.probs.cpu(), "step": cache.step},
-                info={"engine": engine.name, "compile": str(engine.compiled).lower()}, engine=engine)
+                info=({"engine": engine.name, "compile": str(engine.compiled).lower()} if pipe is None else
+                      {"parallel": f"pipeline, layers {pipe.block.start}-{pipe.block.stop - 1} on this rank, "
+                                   f"lag {pipe.lag}"}),
+                engine=engine, begin_epoch=pipe and pipe.begin_epoch, end_epoch=pipe and pipe.end_epoch)
 
 
 @torch.no_grad()
