@@ -7,36 +7,50 @@ figure in BENCHMARKS.md and docs/reference-comparison.md). To judge "3 x faster"
 machine this runs on, this module rebuilds the same per-step computation in plain eager
 PyTorch, written here from that code's description (nothing copied), and
 ``benchmarks/engine_ab.py reference ...`` times it in turns with fflab's step on the same
-machine.
+machine. It was last checked against that code's main branch (its training script, model, data
+set and utilities, and config.yaml, as after its pull request 7); docs/reference-comparison.md
+lists what the check changed.
 
 Per step, as that code does it:
 
 - positive and negative images (label one-hot in the first 10 pixels) as one (200, 784) batch,
   divided by their root-mean-square (its "layer norm", eps 1e-8 outside the root);
 - per layer: linear, ReLU whose backward passes the gradient through everywhere, the peer-
-  normalization loss on the positive half (running mean, momentum 0.9, weight 0.03), the FF loss
-  ``BCEWithLogits(sum(h ** 2) - width, is_positive)`` and its accuracy read with ``.item()``;
+  normalization loss on the positive half (running mean, momentum 0.9, weight 0.03; the unweighted
+  sum over layers is also logged), the FF loss ``BCEWithLogits(sum(h ** 2) - width, is_positive)``
+  (threshold: the layer's width) and its accuracy read with ``.item()`` inside the forward pass;
   then the activity is detached and normalized for the next layer;
 - the neutral image (label pixels 0.1) through the layers without gradient, the normalized
-  activities of layers 2..3 (2000 features) into a bias-free linear softmax head, cross-entropy
-  on max-subtracted logits, and its accuracy;
+  activities of layers 2..3 (2000 features) into a bias-free, zero-initialized linear softmax
+  head, cross-entropy on max-subtracted logits, and its accuracy (a tensor);
 - one ``backward()`` of the summed losses (weight gradients only: every layer's input is
   detached), ``torch.optim.SGD`` with two parameter groups as that code's current version has
-  them: the FF layers at lr 1e-3, weight decay 3e-4, and the softmax head at lr 1e-2, weight
-  decay 3e-3, both momentum 0.9 and cooled linearly over the second half; and every logged
-  scalar read with ``.item()``.
+  them: the FF layers (weights and biases) at lr 1e-3, weight decay 3e-4, and the softmax head at
+  lr 1e-2, weight decay 3e-3, both momentum 0.9, each held for the first half of the epochs and
+  then cooled linearly (a step per epoch); and every logged scalar read with ``.item()``: 10 host
+  reads a step at 3 layers (3 FF accuracies in the forward pass; the total loss, the peer-
+  normalization sum, 3 FF losses, the classification loss and accuracy when logging). Before
+  that code's pull request 7 its optimizer picked the head's group from the loss module, which
+  has no parameters, so the head trained in the first group (lr 1e-3, weight decay 3e-4) and the
+  second was empty: the same products and the same time per step.
 
 ``training_loop`` (what ``engine_ab.py`` times) leaves out the data pipeline, which can only
-make this model faster than the code it stands for: that code builds each image's three
-variants in Python in a ``Dataset`` read by a ``DataLoader`` with four worker processes. So a
-speed-up measured against ``training_loop`` is a lower bound on the speed-up against that code
-on the same machine. Run as a script, this module trains the model on real MNIST (the first
-50,000 training images, as that code does; its learning rate held for the first half of the
-epochs, then cooled linearly) and prints seconds per epoch and the test error, with the batches
+make this model faster than the code it stands for: that code reads MNIST through torchvision
+(each image made a PIL image, then ``ToTensor``), builds each image's three variants in Python in
+a ``Dataset``, and reads it through a ``DataLoader`` with four persistent worker processes
+(``shuffle``, ``drop_last``, batch 100, numpy reseeded in each worker). So a speed-up measured
+against ``training_loop`` is a lower bound on the speed-up against that code on the same
+machine. Run as a script, this module trains the model on real MNIST (the first 50,000 training
+images, as that code does: 500 steps an epoch; the other 10,000 are its validation set) and
+prints seconds per epoch (also scaled to 60,000 images) and the test error, with the batches
 either sliced from tensors or, with ``--loader``, drawn through such a ``Dataset`` and
-``DataLoader`` (per-image Python work as that code's, minus its PIL decoding):
+``DataLoader`` (per-image Python work as that code's, PIL round trip included; torchvision
+itself is not needed):
 
-    python benchmarks/reference_ff.py --epochs 10 [--loader] [--data-dir DIR]
+    python benchmarks/reference_ff.py --epochs 10 [--loader] [--threads 1] [--data-dir DIR]
+
+That code sets no thread count (torch's default, all cores); ``--threads`` (default 2) sets the
+training process's, and the loader's workers run one thread each, as torch makes them.
 
 With ``--against-raw ROUNDS`` it instead times its step in turns with the raw fp32 products of
 the same shapes (``fflab.bench.matmul_throughput``) and prints the fraction of the raw rate it
@@ -54,6 +68,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 NUM_CLASSES = 10
@@ -98,7 +113,7 @@ class ReferenceFF(nn.Module):
         out: dict[str, torch.Tensor | float] = {}
         is_pos = torch.zeros(2 * b)
         is_pos[:b] = 1
-        total = torch.zeros(1)
+        total, peer_sum = torch.zeros(1), torch.zeros(1)
         z = _rms_normalize(torch.cat([pos, neg]))                       # (2B, 784)
         for i, layer in enumerate(self.layers):
             z = _ReLUFullGrad.apply(layer(z))
@@ -111,11 +126,13 @@ class ReferenceFF(nn.Module):
             with torch.no_grad():
                 out[f"ff_accuracy_{i}"] = ((torch.sigmoid(logits) > 0.5) == is_pos).sum().div(2 * b).item()
             out[f"ff_loss_{i}"] = ff
+            peer_sum = peer_sum + peer
             total = total + self.peer_norm * peer + ff
             z = _rms_normalize(z.detach())
         logits = self.head(self.neutral_features(neutral))
         logits = logits - logits.max(dim=-1, keepdim=True)[0]
         ce = F.cross_entropy(logits, y)
+        out["peer_normalization"] = peer_sum
         out["classification_loss"] = ce
         out["classification_accuracy"] = (logits.argmax(1) == y).sum() / b
         out["loss"] = total + ce
@@ -195,27 +212,41 @@ def training_loop(steps: int, hidden: tuple[int, ...] = (1000, 1000, 1000), batc
     return model, run
 
 
+def _pil_to_tensor(image: Image.Image) -> torch.Tensor:
+    """What ``ToTensor`` makes of a greyscale PIL image: (1, H, W) float32 in [0, 1]."""
+    pixels = torch.from_numpy(np.array(image, np.uint8, copy=True))
+    return pixels.view(image.size[1], image.size[0], 1).permute(2, 0, 1).contiguous().float().div(255)
+
+
 class _PerImageVariants(torch.utils.data.Dataset):
-    """The reimplementation's data path: each image's positive, negative and neutral versions
-    made one image at a time in Python (one-hot tensors, clones, ``np.random.choice``)."""
+    """The reimplementation's data path, one image at a time in Python: the image as its MNIST
+    data set hands it over (uint8 array -> PIL image -> ``ToTensor``, its label an ``int``), then
+    its positive, negative and neutral versions (one-hot tensors, clones, a list of the other
+    classes and ``np.random.choice``), returned as a dict of images and a dict of labels."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         self.images, self.labels = images, labels     # uint8 (N, 28, 28), int64 (N,)
-        self.uniform = torch.full((NUM_CLASSES,), 1 / NUM_CLASSES)
+        self.uniform = torch.ones(NUM_CLASSES) / NUM_CLASSES
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int):
-        image = (self.images[i].float() / 255).unsqueeze(0)   # (1, 28, 28), as ToTensor gives
+        image = _pil_to_tensor(Image.fromarray(self.images[i].numpy()))   # (1, 28, 28)
         label = int(self.labels[i])
         pos = image.clone()
-        pos[0, 0, :NUM_CLASSES] = F.one_hot(torch.tensor(label), NUM_CLASSES)
-        others = [c for c in range(NUM_CLASSES) if c != label]
+        pos[:, 0, :NUM_CLASSES] = F.one_hot(torch.tensor(label), num_classes=NUM_CLASSES)
+        others = list(range(NUM_CLASSES))
+        others.remove(label)
         neg = image.clone()
-        neg[0, 0, :NUM_CLASSES] = F.one_hot(torch.tensor(np.random.choice(others)), NUM_CLASSES)
-        image[0, 0, :NUM_CLASSES] = self.uniform
-        return {"pos": pos, "neg": neg, "neutral": image}, label
+        neg[:, 0, :NUM_CLASSES] = F.one_hot(torch.tensor(np.random.choice(others)), num_classes=NUM_CLASSES)
+        image[:, 0, :NUM_CLASSES] = self.uniform
+        return {"pos": pos, "neg": neg, "neutral": image}, {"class_labels": label}
+
+
+def _seed_worker(worker_id: int) -> None:
+    """Each loader worker reseeds numpy from its torch seed, as that code's workers do."""
+    np.random.seed(torch.initial_seed() % 2 ** 32)
 
 
 def _cooled_lr(lr: float, epoch: int, epochs: int) -> float:
@@ -260,8 +291,11 @@ def main() -> None:
     from fflab.data.mnist import load_mnist
     ap = argparse.ArgumentParser(description="Train the reference model on MNIST: s per epoch, test error.")
     ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--loader", action="store_true", help="batches through a DataLoader with 4 workers")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--loader", action="store_true",
+                    help="batches through the reimplementation's per-image Dataset and a DataLoader with 4 workers")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads of the training process")
+    ap.add_argument("--train-images", type=int, default=50000,
+                    help="train on the first N images (the reimplementation: 50,000); fewer for a quick check")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data-dir", default=None,
                     help="folder with the MNIST IDX files (else $FFLAB_DATA_DIR or the cache)")
@@ -274,26 +308,30 @@ def main() -> None:
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     d = load_mnist(data_dir=args.data_dir)
-    x, y = d["x_train"][:50000], d["y_train"][:50000]
+    x, y = d["x_train"][:args.train_images], d["y_train"][:args.train_images]
     model = ReferenceFF()
     lr = 1e-3
     opt = _sgd(model, lr)
     b = 100
+    steps = len(y) // b
     if args.loader:
         images = (x * 255).round().to(torch.uint8).view(-1, 28, 28)
         loader = torch.utils.data.DataLoader(_PerImageVariants(images, y), batch_size=b, shuffle=True,
                                              drop_last=True, num_workers=4, persistent_workers=True,
+                                             worker_init_fn=_seed_worker,
                                              generator=torch.Generator().manual_seed(args.seed))
     g = torch.Generator().manual_seed(args.seed)
     times = []
     print(f"torch {torch.__version__}, {args.threads} threads, reference model 3 x 1000, batch {b}, "
-          f"{'DataLoader (4 workers)' if args.loader else 'batches sliced from tensors'}")
+          f"{len(y)} training images ({steps} steps) an epoch, "
+          f"{'per-image Dataset, DataLoader (4 workers)' if args.loader else 'batches sliced from tensors'}")
     for epoch in range(args.epochs):
         opt.param_groups[0]["lr"] = _cooled_lr(lr, epoch, args.epochs)
         opt.param_groups[1]["lr"] = _cooled_lr(HEAD_LR, epoch, args.epochs)
         start, total = time.perf_counter(), 0.0
         if args.loader:
-            batches = ((v["pos"].flatten(1), v["neg"].flatten(1), v["neutral"].flatten(1), t) for v, t in loader)
+            batches = ((v["pos"].flatten(1), v["neg"].flatten(1), v["neutral"].flatten(1), t["class_labels"])
+                       for v, t in loader)
         else:
             perm = torch.randperm(len(y), generator=g)
 
@@ -305,14 +343,16 @@ def main() -> None:
         for pos, neg, neutral, yb in batches:
             total += _train_step(model, opt, pos, neg, neutral, yb)
         times.append(time.perf_counter() - start)
-        print(f"epoch {epoch + 1}: {times[-1]:.2f} s, mean loss {total / (len(y) // b):.4f}", flush=True)
+        print(f"epoch {epoch + 1}: {times[-1]:.2f} s ({times[-1] * 60000 / (steps * b):.2f} s per 60,000 "
+              f"images), mean loss {total / steps:.4f}", flush=True)
     model.eval()
     with torch.no_grad():
         logits = model.head(model.neutral_features(_neutral(d["x_test"])))
         err = (logits.argmax(1) != d["y_test"]).float().mean().item()
-    print(f"median {statistics.median(times):.2f} s per 50k-image epoch (min {min(times):.2f}); "
-          f"test error after {args.epochs} epochs: {100 * err:.2f}%")
-
+    med = statistics.median(times)
+    print(f"median {med:.2f} s per {steps * b}-image epoch (min {min(times):.2f}), "
+          f"{med * 60000 / (steps * b):.2f} s per 60,000 images; test error after {args.epochs} epochs: "
+          f"{100 * err:.2f}%")
 
 if __name__ == "__main__":
     main()

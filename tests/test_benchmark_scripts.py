@@ -44,8 +44,9 @@ def test_reference_data_path_labels_each_image_as_the_reimplementation_does():
     labels = torch.tensor([3, 0, 9, 3, 7])
     ds = reference_ff._PerImageVariants(images, labels)
     for i in range(len(ds)):
-        v, label = ds[i]
-        assert label == labels[i]
+        v, target = ds[i]
+        label = target["class_labels"]
+        assert isinstance(label, int) and label == labels[i]
         pos, neg, neutral = (v[k][0, 0, :10] for k in ("pos", "neg", "neutral"))
         assert pos.argmax() == label and pos.sum() == 1
         assert neg.argmax() != label and neg.sum() == 1                 # a wrong label, one-hot
@@ -53,6 +54,22 @@ def test_reference_data_path_labels_each_image_as_the_reimplementation_does():
         rest = images[i].float().div(255)[None]                          # pixels past the label row
         for x in (v["pos"], v["neg"], v["neutral"]):
             assert torch.equal(x[0, 1:], rest[0, 1:]) and torch.equal(x[0, 0, 10:], rest[0, 0, 10:])
+
+
+def test_reference_step_reads_what_the_reimplementation_logs(monkeypatch):
+    # 3 FF accuracies in the forward pass; the total, the peer-normalization sum, 3 FF losses,
+    # the classification loss and its accuracy when logging: 10 host reads a step at 3 layers
+    torch.manual_seed(0)
+    model = reference_ff.ReferenceFF((8, 8, 8))
+    opt = reference_ff._sgd(model)
+    x = torch.rand(4, 784)
+    reads = []
+    real_item = torch.Tensor.item
+    monkeypatch.setattr(torch.Tensor, "item", lambda t: reads.append(1) or real_item(t))
+    reference_ff._train_step(model, opt, x, x.flip(0), x, torch.tensor([0, 1, 2, 3]))
+    assert len(reads) == 10
+    assert [(g["lr"], g["weight_decay"], g["momentum"], len(g["params"])) for g in opt.param_groups] == \
+        [(1e-3, 3e-4, 0.9, 6), (1e-2, 3e-3, 0.9, 1)]
 
 
 def test_reference_model_learns_layer_by_layer():

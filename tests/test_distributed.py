@@ -81,3 +81,51 @@ def test_bad_setups_fail_clearly(monkeypatch, tmp_path):
         monkeypatch.delenv(k, raising=False)
     with pytest.raises(ConfigError, match="RANK, MASTER_ADDR, MASTER_PORT not set: launch with torchrun"):
         from_environment(torch.device("cpu"))
+
+
+def _worker_cfg(rank: int, world: int, port: int, out: str, cfg) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    import torch.distributed as dist
+
+    from fflab.train import fit
+    torch.set_num_threads(1)
+    try:
+        fit(cfg, out, data=_data(), **QUIET)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def test_other_kinds_train_data_parallel(tmp_path):
+    """A kind without its own sharding gets each rank's share from the loop and its gradients
+    averaged before each optimizer step: the backprop MLP (no random draws) makes the updates of
+    one process; unsupervised FF (hybrid negatives drawn per rank, peer means averaged) trains
+    and writes one run folder."""
+    import json
+
+    from fflab.experiments.backprop import BPConfig
+    from fflab.experiments.unsupervised import UnsupervisedFFConfig
+    from fflab.train import fit
+    bp = BPConfig(hidden=(16,), epochs=2, batch_size=20, threads=1, train_eval_size=40, device="cpu",
+                  optimizer="sgd", lr=0.05)
+    fit(bp, str(tmp_path / "bp1"), data=_data(), **QUIET)
+    mp.spawn(_worker_cfg, args=(2, _free_port(), str(tmp_path / "bp2"), bp), nprocs=2, join=True)
+    a = load_file(str(tmp_path / "bp1" / "model.safetensors"))
+    b = load_file(str(tmp_path / "bp2" / "model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
+    uns = UnsupervisedFFConfig(hidden=(16, 16), readout_layers=(1,), epochs=1, batch_size=20, threads=1,
+                               train_eval_size=40, peer_norm=0.03, device="cpu")
+    mp.spawn(_worker_cfg, args=(2, _free_port(), str(tmp_path / "uns2"), uns), nprocs=2, join=True)
+    env = json.loads((tmp_path / "uns2" / "env.json").read_text())
+    assert (env["world_size"], env["parallel"]) == (2, "data")
+    assert json.loads((tmp_path / "uns2" / "metrics.jsonl").read_text().splitlines()[-1])["sent_mb_per_step"] > 0
+
+
+def test_pipeline_is_supervised_only(tmp_path):
+    from fflab.experiments.backprop import BPConfig
+    bp = BPConfig(hidden=(16,), epochs=1, batch_size=20, threads=1, device="cpu", parallel="pipeline")
+    with pytest.raises(mp.ProcessRaisedException, match="BPConfig runs do not train on several processes with "
+                                                        "parallel=pipeline"):
+        mp.spawn(_worker_cfg, args=(2, _free_port(), str(tmp_path / "p"), bp), nprocs=2, join=True)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -110,6 +110,25 @@ def mean_over_ranks(tensors: Sequence[torch.Tensor], par: Parallel) -> None:
         n = t.numel()
         t.copy_(flat[offset:offset + n].view_as(t))
         offset += n
+
+
+def average_before_step(modules: Iterable[torch.nn.Module], optimizers: Iterable[torch.optim.Optimizer],
+                        par: Parallel) -> None:
+    """Data parallel for a kind whose step trains on this rank's share like a whole batch: each
+    optimizer's gradients are averaged over the processes just before its step (one all-reduce
+    per step, through torch's optimizer step pre-hook), and every FF layer's running peer mean
+    is updated from the mean over the processes. Random draws inside the step (negatives, masks)
+    are each rank's own, so the updates are those of one process in distribution, not draw for
+    draw."""
+    def hook(opt: torch.optim.Optimizer, args, kwargs) -> None:
+        mean_over_ranks([p.grad for group in opt.param_groups for p in group["params"] if p.grad is not None], par)
+
+    for opt in optimizers:
+        opt.register_step_pre_hook(hook)
+    for module in modules:
+        for m in module.modules():
+            if hasattr(m, "batch_mean"):
+                m.batch_mean = lambda mean: mean_over_ranks([mean], par) or mean
 
 
 def combine_loss(t: torch.Tensor, par: Parallel) -> None:

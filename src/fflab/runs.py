@@ -7,20 +7,24 @@ A run folder holds
   results.json       final metrics (written when the run ends)
   model.safetensors  model weights (and buffers), written atomically after every epoch
   state.pt           optimizer state and the epoch reached; loaded with weights_only=True
-Checkpoints are written to a temporary file and renamed, so an interrupted run never leaves a
-half-written checkpoint; loading never executes code.
+Checkpoints are written to temporary files and renamed, so an interrupted run never leaves a
+half-written checkpoint; loading never executes code. The weights record the epoch of the state
+written with them, and ``load_state`` refuses a pair of different epochs.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import subprocess
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from . import config as config_mod
@@ -124,6 +128,11 @@ class Run:
             return
         self.path.mkdir(parents=True, exist_ok=True)
         if not resume:
+            # A fresh run in a folder an earlier run left (stopped before its first checkpoint,
+            # or restarted with another config) must not append to its metrics or leave its
+            # checkpoint under this config, which a later resume would load.
+            for name in ("metrics.jsonl", STATE_FILE, MODEL_FILE, "results.json"):
+                (self.path / name).unlink(missing_ok=True)
             write_json(self.path / "config.json", {"recipe": recipe, **config_mod.to_dict(cfg)})
         write_json(self.path / ("env.json" if not resume else "env.resume.json"), {**environment(), **(env or {})})
 
@@ -152,15 +161,35 @@ class Run:
     def save_checkpoint(self, modules: dict[str, torch.nn.Module], state: dict[str, Any]) -> None:
         if not self.writer:
             return
-        save_model(self.path / MODEL_FILE, modules)
-        atomic_write(self.path / STATE_FILE, lambda tmp: torch.save(state, tmp))
+        # Both files are written in full before either is renamed, so a process killed while
+        # writing (torchrun stops every worker when one fails) leaves the previous checkpoint;
+        # only a kill between the two renames can split the pair, and load_state detects that.
+        epoch = {"epoch": str(state["epoch"])} if "epoch" in state else {}
+        with staged(self.path / STATE_FILE, lambda tmp: torch.save(state, tmp)) as commit_state:
+            save_model(self.path / MODEL_FILE, modules, metadata=epoch)
+            commit_state()
 
 
-def save_model(path: Path, modules: dict[str, torch.nn.Module]) -> None:
+def save_model(path: Path, modules: dict[str, torch.nn.Module], metadata: dict[str, str] | None = None) -> None:
     """Flatten several modules' state dicts as ``name.key`` into one safetensors file, atomically."""
     tensors = {f"{name}.{k}": v.detach().cpu().contiguous() for name, m in modules.items()
                for k, v in m.state_dict().items()}
-    atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata={"format": "fflab"}))
+    meta = {"format": "fflab", **(metadata or {})}
+    atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+@contextlib.contextmanager
+def staged(path: Path, write) -> Iterator[Callable[[], None]]:
+    """Write ``path``'s new content to a temporary file now; the block calls the function it is
+    given to rename it into place (if the block fails, or never calls it, the file is unchanged)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        yield lambda: os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def load_model(path: Path, modules: dict[str, torch.nn.Module]) -> None:
@@ -186,9 +215,21 @@ def load_state(run_dir: Path) -> dict[str, Any]:
     if not p.exists():
         raise CheckpointError(f"{run_dir} has no {STATE_FILE}: nothing to resume from")
     try:
-        return torch.load(p, map_location="cpu", weights_only=True)
+        state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:
         raise CheckpointError(f"cannot read {p}: {e}") from None
+    model = Path(run_dir) / MODEL_FILE
+    try:
+        with safe_open(str(model), "pt") as f:
+            weights_epoch = (f.metadata() or {}).get("epoch")
+    except Exception:   # a missing or damaged model file is load_model's to report
+        weights_epoch = None
+    # Folders written before the weights recorded their epoch have nothing to compare.
+    if weights_epoch is not None and weights_epoch != str(state.get("epoch")):
+        raise CheckpointError(f"{run_dir}: {MODEL_FILE} is of epoch {weights_epoch} but {STATE_FILE} of epoch "
+                              f"{state.get('epoch')} (the run was stopped while saving): nothing consistent "
+                              f"to resume from")
+    return state
 
 
 def read_json(path: str | Path) -> Any:

@@ -90,9 +90,10 @@ def _fit(cfg: Any, out: str, *, data: Any, recipe: str | None, resume: bool, dat
     kind = experiments.kind_of(cfg)
     par = rt.parallel
     if par.active:
-        if not kind.data_parallel:
-            raise ConfigError(f"{type(cfg).__name__} runs do not train on several processes yet; "
-                              f"supervised FF does")
+        if kind.run is not None or (par.mode == "pipeline" and not kind.pipeline):
+            raise ConfigError(f"{type(cfg).__name__} runs do not train on several processes"
+                              + (" with parallel=pipeline (supervised FF does; use parallel=data)"
+                                 if kind.run is None else ""))
         distributed.check_batch(cfg.batch_size, par)
         distributed.check_same(config.dumps(cfg), "config", par, rt.device)
         distributed.check_same(distributed.fingerprint(data), "dataset", par, rt.device)
@@ -109,6 +110,9 @@ def _fit(cfg: Any, out: str, *, data: Any, recipe: str | None, resume: bool, dat
         return results
 
     task = build_task(cfg, rt, shape)
+    shard = par.active and not kind.own_shard   # the loop hands this rank its share of each batch
+    if shard:
+        distributed.average_before_step(task.modules.values(), task.optimizers.values(), par)
     if task.setup is not None:
         task.setup(data)
     run = runs.Run(out, cfg, recipe=recipe, resume=resume, env=par.record(), writer=par.is_main)
@@ -126,7 +130,8 @@ def _fit(cfg: Any, out: str, *, data: Any, recipe: str | None, resume: bool, dat
         log(f"resuming {out} after epoch {start_epoch}")
 
     from tqdm.auto import tqdm
-    metrics: dict[str, Any] = {}
+    # a run stopped after its last checkpoint but before results.json: finish from the last record
+    metrics: dict[str, Any] = (runs.read_metrics(out) or [{}])[-1] if start_epoch >= cfg.epochs else {}
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         for k, opt in task.optimizers.items():
@@ -146,6 +151,8 @@ def _fit(cfg: Any, out: str, *, data: Any, recipe: str | None, resume: bool, dat
             task.begin_epoch(fetch, steps)
         for i in bar:
             idx = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+            if shard:
+                idx = idx[par.shard(idx.shape[0])]
             loss = task.step(x_train[idx], y_train[idx], g, idx)
             loss_sum += loss
             if first_loss is None:   # the run's one extra host read: the scale divergence is judged by
@@ -204,7 +211,7 @@ def _restore(out: str, run: runs.Run, task: Task, cfg: Any, device: torch.device
     start_epoch, wall = int(state["epoch"]), float(state["wall_time_s"])
     if task.set_state is not None and "task" in state:
         task.set_state({k: v.to(device) if torch.is_tensor(v) else v for k, v in state["task"].items()})
-    if start_epoch >= cfg.epochs:
+    if start_epoch >= cfg.epochs and (run.path / "results.json").exists():
         raise CheckpointError(f"{out} already finished all {cfg.epochs} epochs; nothing to resume "
                               f"(evaluate it with `fflab eval {out}`)")
     run.truncate_metrics(start_epoch)

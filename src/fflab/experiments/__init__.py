@@ -34,11 +34,16 @@ class Kind:
     build: Callable[..., Any] | None = None
     run: Callable[..., dict[str, float]] | None = None
     images: bool = True
-    data_parallel: bool = False     # trains as a torchrun job (fflab.distributed)
+    # Under torchrun (fflab.distributed): ``own_shard``, the step takes the whole global batch and
+    # trains on this rank's share itself, drawing its randomness for the whole batch as one
+    # process would; other kinds get their share from the loop and their gradients averaged
+    # before each optimizer step. ``pipeline``: it can also train with parallel=pipeline.
+    own_shard: bool = False
+    pipeline: bool = False
 
 
 KINDS: dict[str, Kind] = {k.config.__name__: k for k in (
-    Kind(supervised.SupervisedFFConfig, build=supervised.build, data_parallel=True),   # paper section 3.3
+    Kind(supervised.SupervisedFFConfig, build=supervised.build, own_shard=True, pipeline=True),   # paper section 3.3
     Kind(backprop.BPConfig, build=backprop.build),                      # section 3.1
     Kind(unsupervised.UnsupervisedFFConfig, build=unsupervised.build),  # section 3.2
     Kind(recurrent.RecurrentFFConfig, build=recurrent.build),           # section 4
