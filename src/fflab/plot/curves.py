@@ -51,7 +51,7 @@ def plot_learning_curves(run_dir: str | Path, out: str | Path | None = None) -> 
                     color=colors[methods.index(method)], label=f"{split} {method}".strip())
     if keys:
         _error_axis(ax_err, all_errors)
-        ax_err.legend(fontsize="small", ncol=2)
+        ax_err.legend(loc="upper right", fontsize="small", ncol=2)
     else:
         ax_err.text(0.5, 0.5, "no error metrics yet", ha="center", va="center", transform=ax_err.transAxes)
     ax_err.set_ylabel("error")
@@ -106,7 +106,7 @@ def plot_iterations(run_dir: str | Path, out: str | Path | None = None) -> Path 
     ax.set_xlabel("iterations")
     _integer_ticks(ax)
     ax.set_ylabel("error")
-    ax.legend(fontsize="small")
+    ax.legend(loc="upper right", fontsize="small")
     ax.set_title(f"{_run_name(run_dir, _read_config(run_dir))}\nerror vs iterations, epoch {rec.get('epoch', '?')}",
                  fontsize="medium")
     return _save(fig, out if out is not None else run_dir / "iterations.png")
@@ -158,6 +158,6 @@ def plot_compare(run_dirs: Sequence[str | Path], out: str | Path,
     ax.set_xlabel("epoch")
     _integer_ticks(ax)
     ax.set_ylabel(next(iter(used)) if len(used) == 1 else "error")
-    ax.legend(fontsize="small")
+    ax.legend(loc="upper right", fontsize="small")
     ax.set_title(f"{' / '.join(used)}: {plotted} runs (final value in the legend)", fontsize="medium")
     return _save(fig, out)

@@ -63,7 +63,7 @@ def plot_goodness(run_dir: str | Path, out: str | Path | None = None) -> Path | 
         ax.set_title(f"layer {i}")
         ax.set_xlabel("goodness (top 0.5% piled into the last bin)")
         ax.set_ylabel("cases")
-        ax.legend(fontsize="x-small")
+        ax.legend(loc="upper right", fontsize="x-small")
     for ax in axes[len(layers):]:
         ax.set_visible(False)
     fig.suptitle(f"{_run_name(run_dir, _read_config(run_dir))}: goodness of positive vs negative test cases",

@@ -76,7 +76,7 @@ def plot_settling(run_dir: str | Path, out: str | Path | None = None) -> Path | 
         ax.set_xlabel("iteration (0 = bottom-up init)")
         ax.set_ylabel(f"goodness ({meta.get('goodness', '?')})")
         ax.grid(True, alpha=0.3)
-    axes[0].legend(fontsize="x-small")
+    axes[0].legend(loc="upper right", fontsize="x-small")
     for ax in axes[len(panels):]:
         ax.set_visible(False)
     acc = (total[:, :, window[0]:window[1] + 1].mean(-1).argmax(1) == y).double().mean().item()
