@@ -1,5 +1,5 @@
 """Images per second of one process against torchrun jobs of N processes, data-parallel and
-layer-pipelined, side by side in one sitting: the table of BENCHMARKS.md "Several processes".
+layer-pipelined, timed in interleaved rounds: the table of BENCHMARKS.md "Several processes (torchrun)".
 
     python benchmarks/scaling.py --recipes demo ff-paper-4x2000 --nproc 2 --rounds 2 \\
         --out results/bench/CPU-COMMIT-scaling
