@@ -125,6 +125,12 @@ def average_before_step(modules: Iterable[torch.nn.Module], optimizers: Iterable
 
     for opt in optimizers:
         opt.register_step_pre_hook(hook)
+    average_peer_means(modules, par)
+
+
+def average_peer_means(modules: Iterable[torch.nn.Module], par: Parallel) -> None:
+    """Every FF layer in ``modules`` updates its running peer mean from the batch mean over the
+    processes (``FFLayer.batch_mean``), so each process keeps the running mean of one process."""
     for module in modules:
         for m in module.modules():
             if hasattr(m, "batch_mean"):

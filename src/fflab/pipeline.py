@@ -82,6 +82,7 @@ class SupervisedPipeline:
         self.owner = [s for s, b in enumerate(blocks) for _ in b]   # layer -> its stage
         self.net, self.head, self.opt, self.head_opt = net, head, opt, head_opt
         self.stage_net = FFNet([net.layers[i] for i in self.block], eps=net.eps)   # a view: same parameters
+        self.width_in = net.layers[self.block.start].in_features    # what the stage below sends per case
         self.feature_layers = [i for i in layers if i in self.block]
         self.num_features = sum(net.layers[i].num_units for i in layers if i < self.block.start)
         self.cache, self.prepare, self.negatives = cache, prepare, negatives
@@ -144,9 +145,8 @@ class SupervisedPipeline:
             hs = dense.LabelledInput(self.stage_net, self.images[b], self.num_classes, dtype=self.dtype).forward(None)
             feats_in = hs[0].new_zeros(n, 0)
         else:
-            width = self.net.layers[self.block.start].in_features
-            msg = distributed.recv((n, width + self.num_features), self.s - 1, _NEUTRAL, self.rt.device)
-            h_in, feats_in = msg[:, :width], msg[:, width:]
+            msg = distributed.recv((n, self.width_in + self.num_features), self.s - 1, _NEUTRAL, self.rt.device)
+            h_in, feats_in = msg[:, :self.width_in], msg[:, self.width_in:]
             hs = dense.stack_forward(self.stage_net.layers, h_in, self.net.eps, self.dtype, out_dtype=torch.float32)
         feats = torch.cat([feats_in, *(normalize(hs[i - self.block.start].float(), self.net.eps)
                                        for i in self.feature_layers)], 1)
@@ -178,8 +178,7 @@ class SupervisedPipeline:
                 y, y_neg, hs_out=hs)
         else:
             self.neutral_of.pop(t)
-            width = self.net.layers[self.block.start].in_features
-            x_pn = distributed.recv((2 * n, width), self.s - 1, _POSNEG, self.rt.device)
+            x_pn = distributed.recv((2 * n, self.width_in), self.s - 1, _POSNEG, self.rt.device)
             loss = dense.stack_backward(self.stage_net.layers, x_pn, n, self.net.eps, self.dtype,
                                         x_pn.new_zeros(()), hs)
         self.opt.step()

@@ -144,13 +144,15 @@ def _fit(cfg: Any, out: str, *, data: Any, recipe: str | None, resume: bool, dat
         bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                    disable=not progress, mininterval=0.5)
         sent = distributed.bytes_sent()
+
+        def batch(i: int, perm: torch.Tensor = perm) -> torch.Tensor:
+            """The training-set indices of the epoch's i-th batch."""
+            return perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+
         if task.begin_epoch is not None:
-            def fetch(i: int, perm: torch.Tensor = perm) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-                idx = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-                return x_train[idx], y_train[idx], idx
-            task.begin_epoch(fetch, steps)
+            task.begin_epoch(lambda i: (x_train[batch(i)], y_train[batch(i)], batch(i)), steps)
         for i in bar:
-            idx = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+            idx = batch(i)
             if shard:
                 idx = idx[par.shard(idx.shape[0])]
             loss = task.step(x_train[idx], y_train[idx], g, idx)

@@ -110,8 +110,7 @@ def build(cfg: SupervisedFFConfig, rt: Runtime, shape: DataShape = MNIST_SHAPE) 
 
     par = rt.parallel
     if par.mode == "data":   # every layer's running peer mean from the whole global batch
-        for layer in net.layers:
-            layer.batch_mean = lambda m: distributed.mean_over_ranks([m], par) or m
+        distributed.average_peer_means([net], par)
 
     def step(x: torch.Tensor, y: torch.Tensor, g: torch.Generator, idx: torch.Tensor | None = None) -> torch.Tensor:
         if cfg.jitter:
